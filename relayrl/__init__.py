@@ -1,0 +1,45 @@
+"""relayrl: a trio-based multi-actor reinforcement-learning runtime.
+
+The public API lives here; implementation modules are private (``relayrl._*``). Importing
+relayrl is light: it imports no torch, onnxruntime, cupy, zmq, nats, pyarrow or OpenTelemetry SDK.
+"""
+
+from . import abc as abc
+from . import backends as backends
+from . import spaces as spaces
+from ._errors import AgentClosedError as AgentClosedError
+from ._errors import BackendUnavailableError as BackendUnavailableError
+from ._errors import ConfigError as ConfigError
+from ._errors import IntegrityError as IntegrityError
+from ._errors import ModelError as ModelError
+from ._errors import ObservationError as ObservationError
+from ._errors import RelayRLError as RelayRLError
+from ._errors import SinkError as SinkError
+from ._errors import UnknownActorError as UnknownActorError
+from ._errors import UnknownBackendError as UnknownBackendError
+from ._heads import CategoricalHead as CategoricalHead
+from ._heads import GaussianHead as GaussianHead
+from ._heads import Head as Head
+from ._heads import MultiCategoricalHead as MultiCategoricalHead
+from ._heads import make_head as make_head
+from ._model import ModelMetadata as ModelMetadata
+from ._model import ModelModule as ModelModule
+from ._model import TensorSpec as TensorSpec
+from ._numpy_backend import mlp_policy as mlp_policy
+from ._numpy_backend import numpy_mlp as numpy_mlp
+from ._trajectory import Trajectory as Trajectory
+from ._version import __version__ as __version__
+
+
+def _fixup_module_metadata() -> None:
+    # Show public names as relayrl.X in reprs, tracebacks and docs.
+    for name, obj in list(globals().items()):
+        if not name.startswith("_") and getattr(obj, "__module__", "").startswith("relayrl._"):
+            try:
+                obj.__module__ = "relayrl"
+            except (AttributeError, TypeError):
+                pass
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata

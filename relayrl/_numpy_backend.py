@@ -1,0 +1,309 @@
+"""The built-in ``numpy`` backend: a multi-layer perceptron stored as ``.npz``.
+
+It is the reference every other backend is checked against, and the default for examples
+and tests. It registers through the ``relayrl.backends`` entry point like any plugin.
+
+File format (``numpy.savez``, no pickles):
+
+* ``activation``: 0-d unicode array, one of :data:`ACTIVATIONS`;
+* ``pi.{i}.weight`` ``[out, in]`` and ``pi.{i}.bias`` ``[out]`` for the policy layers
+  (the activation follows every layer but the last);
+* optionally ``vf.{i}.weight`` / ``vf.{i}.bias``: a separate value network ending in one unit;
+* optionally ``log_std`` ``[action_dim]``: state-independent log standard deviation (Gaussian);
+* optionally ``obs_mean``, ``obs_std`` and ``obs_clip`` (0-d): observation normalisation
+  ``clip((obs - mean) / std, -clip, clip)`` applied before both networks.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._backend_api import HeadOutputs, InferenceBackend, Policy
+from ._errors import ConfigError, ModelError
+from ._model import ModelModule, default_head
+from ._spaces import Box, Discrete, MultiDiscrete, Space, from_gymnasium
+
+__all__ = ["ACTIVATIONS", "NumpyBackend", "NumpyMLPPolicy", "mlp_policy", "numpy_mlp"]
+
+Array = npt.NDArray[Any]
+Layer = tuple[Array, Array]
+
+
+def _leaky_relu(x: Array) -> Array:
+    return np.where(x > 0, x, x * np.float32(0.01))
+
+
+def _elu(x: Array) -> Array:
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+
+
+def _sigmoid(x: Array) -> Array:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _silu(x: Array) -> Array:
+    return x / (1.0 + np.exp(-x))
+
+
+def _relu(x: Array) -> Array:
+    return np.maximum(x, 0, out=x)
+
+
+def _tanh(x: Array) -> Array:
+    return np.tanh(x, out=x)
+
+
+#: Activation functions the numpy MLP supports (names as in ``torch.nn``, lower-case).
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": _tanh,
+    "relu": _relu,
+    "leaky_relu": _leaky_relu,
+    "elu": _elu,
+    "sigmoid": _sigmoid,
+    "silu": _silu,
+    "identity": lambda x: x,
+}
+
+
+def _read_layers(arrays: dict[str, Array], prefix: str) -> list[Layer]:
+    layers: list[Layer] = []
+    while f"{prefix}.{len(layers)}.weight" in arrays:
+        i = len(layers)
+        w = np.asarray(arrays[f"{prefix}.{i}.weight"], dtype=np.float32)
+        key = f"{prefix}.{i}.bias"
+        if key not in arrays:
+            raise ModelError(f"numpy MLP is missing {key!r}")
+        b = np.asarray(arrays[key], dtype=np.float32)
+        if w.ndim != 2 or b.shape != (w.shape[0],):
+            raise ModelError(f"numpy MLP layer {prefix}.{i}: weight {w.shape} and bias {b.shape} do not fit")
+        if layers and layers[-1][0].shape[0] != w.shape[1]:
+            raise ModelError(f"numpy MLP layer {prefix}.{i} takes {w.shape[1]} inputs but the previous layer "
+                             f"gives {layers[-1][0].shape[0]}")
+        layers.append((w, b))
+    return layers
+
+
+class NumpyMLPPolicy(Policy):
+    """A loaded numpy MLP. Weights are stored transposed and contiguous for fast matmuls."""
+
+    def __init__(
+        self,
+        pi: Sequence[Layer],
+        vf: Sequence[Layer],
+        activation: str,
+        gaussian: bool,
+        log_std: Array | None,
+        obs_norm: tuple[Array, Array, float] | None,
+    ) -> None:
+        self._pi = [(np.ascontiguousarray(w.T), b) for w, b in pi]
+        self._vf = [(np.ascontiguousarray(w.T), b) for w, b in vf]
+        self._act = ACTIVATIONS[activation]
+        self._gaussian = gaussian
+        self._log_std = log_std
+        self._norm = obs_norm
+        self.in_dim = pi[0][0].shape[1]
+
+    @staticmethod
+    def _run(x: Array, layers: list[Layer], act: Callable[[Array], Array]) -> Array:
+        last = len(layers) - 1
+        for i, (wt, b) in enumerate(layers):
+            x = x @ wt
+            x += b
+            if i != last:
+                x = act(x)
+        return x
+
+    def forward(self, obs: Array, mask: Array | None = None) -> HeadOutputs:
+        x = obs.reshape(obs.shape[0], -1)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        if x.shape[1] != self.in_dim:
+            raise ModelError(f"numpy MLP takes {self.in_dim} inputs per observation, got {x.shape[1]}")
+        if self._norm is not None:
+            mean, std, clip = self._norm
+            x = np.clip((x - mean) / std, -clip, clip)
+        out = self._run(x, self._pi, self._act)
+        value = self._run(x, self._vf, self._act)[:, 0] if self._vf else None
+        if self._gaussian:
+            return HeadOutputs(mean=out, log_std=self._log_std, value=value)
+        return HeadOutputs(logits=out, value=value)
+
+
+class NumpyBackend(InferenceBackend):
+    """Runs ``.npz`` MLPs with numpy on the CPU."""
+
+    name = "numpy"
+    distribution = "relayrl"
+
+    def load(self, module: ModelModule, device: str = "cpu") -> NumpyMLPPolicy:
+        if device != "cpu":
+            from ._errors import BackendUnavailableError  # noqa: PLC0415
+
+            raise BackendUnavailableError(f"the numpy backend runs on 'cpu' only, not {device!r}")
+        try:
+            with np.load(io.BytesIO(module.data), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise ModelError(f"{module.metadata.model_file!r} is not a numpy .npz model: {exc}") from exc
+        if "activation" not in arrays:
+            raise ModelError("numpy MLP has no 'activation' entry")
+        activation = str(arrays["activation"])
+        if activation not in ACTIVATIONS:
+            raise ModelError(f"numpy MLP activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
+        pi = _read_layers(arrays, "pi")
+        vf = _read_layers(arrays, "vf")
+        if not pi:
+            raise ModelError("numpy MLP has no policy layers ('pi.0.weight')")
+        meta = module.metadata
+        in_dim = int(np.prod(meta.input.shape, dtype=np.int64))
+        if pi[0][0].shape[1] != in_dim:
+            raise ModelError(f"numpy MLP's first layer takes {pi[0][0].shape[1]} inputs but the metadata "
+                             f"declares observations of shape {meta.input.shape} ({in_dim} values)")
+        if vf and (vf[0][0].shape[1] != in_dim or vf[-1][0].shape[0] != 1):
+            raise ModelError("numpy MLP's value network must take the observation and end in one unit")
+        if meta.value_output and not vf:
+            raise ModelError("metadata declares a value output but the numpy MLP has no 'vf' layers")
+        gaussian = meta.policy_head == "gaussian"
+        log_std = None
+        if gaussian:
+            if "log_std" not in arrays:
+                raise ModelError("a Gaussian numpy MLP needs a 'log_std' array")
+            log_std = np.asarray(arrays["log_std"], dtype=np.float32)
+        norm = None
+        if "obs_mean" in arrays:
+            norm = (
+                np.asarray(arrays["obs_mean"], dtype=np.float32).reshape(-1),
+                np.asarray(arrays["obs_std"], dtype=np.float32).reshape(-1),
+                float(arrays["obs_clip"]) if "obs_clip" in arrays else math.inf,
+            )
+        return NumpyMLPPolicy(pi, vf if meta.value_output else [], activation, gaussian, log_std, norm)
+
+
+def _obs_shape(obs: int | Sequence[int] | Any) -> tuple[int, ...]:
+    if isinstance(obs, int | np.integer):
+        return (int(obs),)
+    if isinstance(obs, tuple | list):
+        return tuple(int(v) for v in obs)
+    space = from_gymnasium(obs)
+    if not isinstance(space, Box):
+        raise ConfigError(f"observation space must be a Box (or a dimension), got {space!r}")
+    return space.shape
+
+
+def numpy_mlp(
+    obs_space: int | Sequence[int] | Any,
+    action_space: Space | Any,
+    pi_layers: Sequence[tuple[Any, Any]],
+    *,
+    value_layers: Sequence[tuple[Any, Any]] | None = None,
+    activation: str = "tanh",
+    log_std: Any = None,
+    obs_mean: Any = None,
+    obs_std: Any = None,
+    obs_clip: float | None = None,
+    version: int | None = None,
+    extra: dict[str, Any] | None = None,
+    validate: bool = True,
+) -> ModelModule:
+    """Package MLP weights as a numpy-backend model module.
+
+    Args:
+        obs_space: observation dimension, shape, or a (relayrl or gymnasium) ``Box``.
+        action_space: a relayrl or gymnasium ``Discrete``, ``MultiDiscrete`` or 1-D ``Box``.
+        pi_layers: ``(weight [out, in], bias [out])`` per policy layer, as in ``torch.nn.Linear``.
+        value_layers: the same for a separate value network ending in one unit.
+        activation: one of :data:`ACTIVATIONS`, applied after every hidden layer.
+        log_std: per-dimension log standard deviation (required for ``Box`` actions).
+        obs_mean, obs_std, obs_clip: optional observation normalisation baked into the model.
+
+    Raises:
+        ModelError, ConfigError: the weights do not fit the spaces or each other.
+
+    .. versionadded:: 0.1
+    """
+    space = from_gymnasium(action_space)
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
+    arrays: dict[str, Array] = {"activation": np.asarray(activation)}
+    for prefix, layers in (("pi", pi_layers), ("vf", value_layers or ())):
+        for i, (w, b) in enumerate(layers):
+            arrays[f"{prefix}.{i}.weight"] = np.asarray(w, dtype=np.float32)
+            arrays[f"{prefix}.{i}.bias"] = np.asarray(b, dtype=np.float32)
+    if log_std is not None:
+        arrays["log_std"] = np.asarray(log_std, dtype=np.float32).reshape(-1)
+    if obs_mean is not None:
+        arrays["obs_mean"] = np.asarray(obs_mean, dtype=np.float32)
+        arrays["obs_std"] = np.asarray(obs_std if obs_std is not None else 1.0, dtype=np.float32)
+        arrays["obs_std"] = np.broadcast_to(arrays["obs_std"], arrays["obs_mean"].shape).copy()
+        arrays["obs_clip"] = np.asarray(math.inf if obs_clip is None else float(obs_clip), dtype=np.float64)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return ModelModule.create(
+        backend="numpy",
+        model_file="policy.npz",
+        data=buf.getvalue(),
+        obs_shape=_obs_shape(obs_space),
+        action_space=space,
+        policy_head=default_head(space),
+        value_output=bool(value_layers),
+        version=version,
+        extra=extra,
+        validate=validate,
+    )
+
+
+def _orthogonal(rng: np.random.Generator, out_dim: int, in_dim: int, gain: float) -> Array:
+    a = rng.standard_normal((max(out_dim, in_dim), min(out_dim, in_dim)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    w = q if out_dim >= in_dim else q.T
+    return (gain * w[:out_dim, :in_dim]).astype(np.float32)
+
+
+def _init_layers(rng: np.random.Generator, sizes: Sequence[int], out_gain: float) -> list[Layer]:
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        gain = out_gain if i == len(sizes) - 2 else math.sqrt(2.0)
+        layers.append((_orthogonal(rng, n_out, n_in, gain), np.zeros(n_out, dtype=np.float32)))
+    return layers
+
+
+def mlp_policy(
+    obs_dim_or_space: int | Sequence[int] | Any,
+    action_space: Space | Any,
+    hidden: Sequence[int] = (64, 64),
+    activation: str = "tanh",
+    value_head: bool = True,
+    seed: int = 0,
+    *,
+    log_std_init: float = 0.0,
+) -> ModelModule:
+    """A randomly initialised numpy-backend MLP policy (orthogonal init), ready to serve.
+
+    Hidden layers get gain sqrt(2), the policy output 0.01 and the value output 1.0, the
+    initialisation PPO implementations use. The same ``seed`` gives the same weights.
+
+    .. versionadded:: 0.1
+    """
+    space = from_gymnasium(action_space)
+    obs_shape = _obs_shape(obs_dim_or_space)
+    in_dim = int(np.prod(obs_shape, dtype=np.int64))
+    if isinstance(space, Discrete | MultiDiscrete):
+        out_dim = space.flat_dim
+    elif len(space.shape) == 1:
+        out_dim = space.shape[0]
+    else:
+        raise ConfigError(f"Box action spaces must be 1-D, got shape {space.shape}")
+    rng = np.random.default_rng(seed)
+    sizes = [in_dim, *[int(h) for h in hidden]]
+    pi = _init_layers(rng, [*sizes, out_dim], 0.01)
+    vf = _init_layers(rng, [*sizes, 1], 1.0) if value_head else None
+    log_std = np.full(out_dim, log_std_init, dtype=np.float32) if isinstance(space, Box) else None
+    return numpy_mlp(obs_shape, space, pi, value_layers=vf, activation=activation, log_std=log_std)

@@ -1,0 +1,13 @@
+"""Abstract base classes that plugins implement.
+
+* :class:`InferenceBackend` and :class:`Policy`: inference backends (entry-point group
+  ``relayrl.backends``); :class:`HeadOutputs` is what a policy returns.
+
+.. versionadded:: 0.1
+"""
+
+from ._backend_api import HeadOutputs as HeadOutputs
+from ._backend_api import InferenceBackend as InferenceBackend
+from ._backend_api import Policy as Policy
+
+__all__ = ["HeadOutputs", "InferenceBackend", "Policy"]

@@ -1,0 +1,30 @@
+"""Test helpers for relayrl users and plugin authors.
+
+* :class:`BackendConformance`: subclass it in a test module to prove an inference backend
+  plugin conforms (round trips, shapes, masking, determinism, rejection of broken models,
+  parity with the numpy reference). Needs pytest.
+* :data:`REFERENCE_CASES`, :class:`ReferenceCase`, :func:`reference_case`: the reference MLPs.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._conformance import REFERENCE_CASES as REFERENCE_CASES
+    from ._conformance import BackendConformance as BackendConformance
+    from ._conformance import ReferenceCase as ReferenceCase
+    from ._conformance import reference_case as reference_case
+
+__all__ = ["REFERENCE_CASES", "BackendConformance", "ReferenceCase", "reference_case"]
+
+
+def __getattr__(name: str) -> Any:
+    # The conformance kit imports pytest; load it only when asked for.
+    if name in __all__:
+        from . import _conformance  # noqa: PLC0415
+
+        return getattr(_conformance, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
