@@ -64,6 +64,8 @@ class Trajectory:
     start_time: float = 0.0
     #: Unix time the trajectory was emitted.
     end_time: float = 0.0
+    #: Extra per-step columns ``name -> [T, ...]`` (for example a global ``"state"`` for MAPPO's critic).
+    extras: dict[str, Array] = attrs.field(factory=dict)
 
     def __len__(self) -> int:
         return int(self.reward.shape[0])
@@ -90,6 +92,8 @@ class Trajectory:
             and self.end_time == other.end_time
             and all(_eq_opt(getattr(self, f), getattr(other, f))
                     for f in ("obs", "act", "reward", "done", "logp", "value", "model_version", "mask", "final_obs"))
+            and self.extras.keys() == other.extras.keys()
+            and all(_eq_opt(v, other.extras[k]) for k, v in self.extras.items())
         )
 
     __hash__ = None  # type: ignore[assignment]
