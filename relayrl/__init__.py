@@ -13,10 +13,12 @@ from ._errors import ConfigError as ConfigError
 from ._errors import IntegrityError as IntegrityError
 from ._errors import ModelError as ModelError
 from ._errors import ObservationError as ObservationError
+from ._errors import PluginUnavailableError as PluginUnavailableError
 from ._errors import RelayRLError as RelayRLError
 from ._errors import SinkError as SinkError
 from ._errors import UnknownActorError as UnknownActorError
 from ._errors import UnknownBackendError as UnknownBackendError
+from ._errors import UnknownPluginError as UnknownPluginError
 from ._heads import CategoricalHead as CategoricalHead
 from ._heads import GaussianHead as GaussianHead
 from ._heads import Head as Head

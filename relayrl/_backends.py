@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from ._backend_api import InferenceBackend
+from ._errors import BackendUnavailableError, UnknownBackendError
 from ._plugins import PluginRegistry
 
 __all__ = ["available", "get", "names", "registry"]
 
 #: The process-wide registry of inference backends.
-registry: PluginRegistry[InferenceBackend] = PluginRegistry("relayrl.backends", "inference backend")
+registry: PluginRegistry[InferenceBackend] = PluginRegistry(
+    "relayrl.backends",
+    "inference backend",
+    unknown_error=UnknownBackendError,
+    unavailable_error=BackendUnavailableError,
+)
 
 
 def available() -> list[str]:

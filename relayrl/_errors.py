@@ -14,10 +14,12 @@ __all__ = [
     "IntegrityError",
     "ModelError",
     "ObservationError",
+    "PluginUnavailableError",
     "RelayRLError",
     "SinkError",
     "UnknownActorError",
     "UnknownBackendError",
+    "UnknownPluginError",
 ]
 
 
@@ -46,8 +48,8 @@ class IntegrityError(ModelError):
     """
 
 
-class BackendUnavailableError(RelayRLError, ImportError):
-    """A backend plugin, or a library it needs, is not installed or cannot run here.
+class PluginUnavailableError(RelayRLError, ImportError):
+    """A plugin (backend, transport, algorithm), or a library it needs, is not installed or cannot run here.
 
     The message names the distribution to install (for example ``relayrl-torch``) or the
     missing requirement (``torch``, a CUDA device).
@@ -56,7 +58,21 @@ class BackendUnavailableError(RelayRLError, ImportError):
     """
 
 
-class UnknownBackendError(BackendUnavailableError, LookupError):
+class UnknownPluginError(PluginUnavailableError, LookupError):
+    """No installed distribution registers a plugin of that name in the entry-point group asked.
+
+    .. versionadded:: 0.1
+    """
+
+
+class BackendUnavailableError(PluginUnavailableError):
+    """An inference backend plugin, or a library or device it needs, is not available here.
+
+    .. versionadded:: 0.1
+    """
+
+
+class UnknownBackendError(BackendUnavailableError, UnknownPluginError):
     """No plugin registers a backend of that name in the ``relayrl.backends`` entry-point group.
 
     .. versionadded:: 0.1

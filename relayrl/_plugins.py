@@ -13,7 +13,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
-from ._errors import BackendUnavailableError, UnknownBackendError
+from ._errors import PluginUnavailableError, UnknownPluginError
 
 __all__ = ["PluginRegistry"]
 
@@ -41,8 +41,8 @@ class PluginRegistry(Generic[T]):
         group: str,
         kind: str,
         *,
-        unknown_error: type[UnknownBackendError] = UnknownBackendError,
-        unavailable_error: type[BackendUnavailableError] = BackendUnavailableError,
+        unknown_error: type[UnknownPluginError] = UnknownPluginError,
+        unavailable_error: type[PluginUnavailableError] = PluginUnavailableError,
         instantiate: Callable[[Any], T] | None = None,
     ) -> None:
         self.group = group
@@ -83,8 +83,8 @@ class PluginRegistry(Generic[T]):
         """The plugin instance registered as ``name`` (imported on first use, then cached).
 
         Raises:
-            UnknownBackendError: nothing is registered under that name.
-            BackendUnavailableError: it is registered but it (or a library it needs) fails to import.
+            UnknownPluginError: nothing is registered under that name.
+            PluginUnavailableError: it is registered but it (or a library it needs) fails to import.
         """
         inst = self._loaded.get(name)
         if inst is not None:
@@ -112,7 +112,7 @@ class PluginRegistry(Generic[T]):
                 ) from exc
             try:
                 inst = self._instantiate(cls)
-            except BackendUnavailableError:
+            except PluginUnavailableError:
                 raise
             except Exception as exc:
                 raise self._unavailable(f"{self.kind} {name!r} from {dist} failed to initialise: {exc}") from exc
@@ -125,7 +125,7 @@ class PluginRegistry(Generic[T]):
         for name in self.names():
             try:
                 self.get(name)
-            except BackendUnavailableError:
+            except PluginUnavailableError:
                 continue
             ok.append(name)
         return ok
@@ -136,7 +136,7 @@ class PluginRegistry(Generic[T]):
         for name in self.names():
             try:
                 self.get(name)
-            except BackendUnavailableError as exc:
+            except PluginUnavailableError as exc:
                 out[name] = str(exc)
             else:
                 out[name] = "ok"
