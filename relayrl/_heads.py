@@ -130,7 +130,8 @@ class CategoricalHead(Head):
         z = logits - logits.max(axis=1, keepdims=True)
         lse = np.log(np.exp(z).sum(axis=1))
         idx = np.asarray(act, dtype=np.int64) - self._start
-        return (z[np.arange(z.shape[0]), idx] - lse).astype(np.float32)
+        res: Array = (z[np.arange(z.shape[0]), idx] - lse).astype(np.float32)
+        return res
 
 
 class MultiCategoricalHead(Head):
@@ -219,10 +220,9 @@ class GaussianHead(Head):
 
     def _logp(self, mean: Array, log_std: Array, act: Array) -> Array:
         z = (act - mean) * np.exp(-log_std)
-        per_dim = -0.5 * z * z - log_std - _HALF_LOG_2PI
-        if per_dim.ndim == 1:
-            per_dim = per_dim[None, :]
-        return per_dim.sum(axis=-1).astype(np.float32, copy=False)
+        per_dim: Array = -0.5 * z * z - log_std - _HALF_LOG_2PI
+        res: Array = per_dim.sum(axis=-1).astype(np.float32, copy=False)
+        return res
 
     def log_prob(self, out: HeadOutputs, act: Array, mask: Array | None = None) -> Array:
         mean, log_std = self._params(out)

@@ -51,7 +51,7 @@ def _shape(value: Any) -> tuple[int, ...]:
 
 def _dtype_name(value: Any) -> str:
     try:
-        return np.dtype(value).name
+        return str(np.dtype(value).name)
     except TypeError as exc:
         raise ModelError(f"unknown dtype {value!r}") from exc
 
@@ -296,12 +296,13 @@ class ModelModule:
         if not isinstance(raw, dict):
             raise ModelError(f"model metadata {meta_path} is not a JSON object")
         is_native = meta_path.name == METADATA_FILE or "format_version" in raw
-        model_name = str(raw.get("model_file", ""))
+        native = ModelMetadata.from_dict(raw) if is_native else None
+        model_name = native.model_file if native is not None else os.path.basename(str(raw.get("model_file", "")))
         model_path = meta_path.parent / model_name
         if not model_name or not model_path.is_file():
             raise ModelError(f"model file {model_name!r} named by {meta_path} does not exist")
         data = model_path.read_bytes()
-        metadata = ModelMetadata.from_dict(raw) if is_native else _from_relayrl_metadata(raw, data)
+        metadata = native if native is not None else _from_relayrl_metadata(raw, data)
         module = cls(metadata, data)
         if validate:
             module.validate(device)
@@ -447,7 +448,7 @@ class ModelModule:
         self.policy(device)
 
     def _load_and_check(self, device: str) -> Any:
-        from ._backends import get as get_backend  # noqa: PLC0415 - avoids an import cycle
+        from ._backends import get as get_backend
 
         backend = get_backend(self._metadata.backend)
         try:
@@ -475,7 +476,8 @@ def check_policy(policy: Any, meta: ModelMetadata) -> None:
         else:
             obs = rng.integers(0, 2, size=shape).astype(dtype)
         try:
-            out = policy.forward(obs, None)
+            with np.errstate(all="ignore"):  # non-finite outputs are reported below, by name
+                out = policy.forward(obs, None)
         except Exception as exc:
             raise ModelError(f"dummy forward on a batch of shape {shape} failed: {type(exc).__name__}: {exc}") from exc
         _check_outputs(out, meta, batch, out_dim)

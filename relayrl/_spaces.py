@@ -135,13 +135,13 @@ class Box:
     dtype_name: str = attrs.field(default="float32", kw_only=True)
 
     def __attrs_post_init__(self) -> None:
-        shape = self.shape if self.shape is not None else np.broadcast_shapes(self.low.shape, self.high.shape)
         try:
+            shape = self.shape if self.shape is not None else np.broadcast_shapes(self.low.shape, self.high.shape)
             low = np.broadcast_to(self.low, shape).copy()
             high = np.broadcast_to(self.high, shape).copy()
         except ValueError as exc:
             raise ConfigError(f"Box bounds of shapes {self.low.shape} and {self.high.shape} "
-                              f"do not fit shape {shape}") from exc
+                              f"do not fit shape {self.shape}") from exc
         if np.any(low > high):
             raise ConfigError("Box.low must be <= Box.high everywhere")
         if np.dtype(self.dtype_name).kind != "f":
