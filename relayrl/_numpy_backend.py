@@ -144,7 +144,7 @@ class NumpyBackend(InferenceBackend):
 
     def load(self, module: ModelModule, device: str = "cpu") -> NumpyMLPPolicy:
         if device != "cpu":
-            from ._errors import BackendUnavailableError  # noqa: PLC0415
+            from ._errors import BackendUnavailableError
 
             raise BackendUnavailableError(f"the numpy backend runs on 'cpu' only, not {device!r}")
         try:

@@ -24,7 +24,7 @@ __all__ = ["REFERENCE_CASES", "BackendConformance", "ReferenceCase", "reference_
 def __getattr__(name: str) -> Any:
     # The conformance kit imports pytest; load it only when asked for.
     if name in __all__:
-        from . import _conformance  # noqa: PLC0415
+        from . import _conformance
 
         return getattr(_conformance, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -265,7 +265,7 @@ class BackendConformance(abc.ABC):
 
     def test_rejects_garbage_model_file(self, model: ModelModule) -> None:
         garbage = b"\x00not a model\xff" * 16
-        import hashlib  # noqa: PLC0415
+        import hashlib
 
         meta = attrs.evolve(model.metadata, checksum=hashlib.sha256(garbage).hexdigest())
         with pytest.raises(RelayRLError):
