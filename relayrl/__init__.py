@@ -6,6 +6,7 @@ relayrl is light: it imports no torch, onnxruntime, cupy, zmq, nats, pyarrow or 
 
 from . import abc as abc
 from . import backends as backends
+from . import sinks as sinks
 from . import spaces as spaces
 from ._errors import AgentClosedError as AgentClosedError
 from ._errors import BackendUnavailableError as BackendUnavailableError
@@ -29,6 +30,7 @@ from ._model import ModelModule as ModelModule
 from ._model import TensorSpec as TensorSpec
 from ._numpy_backend import mlp_policy as mlp_policy
 from ._numpy_backend import numpy_mlp as numpy_mlp
+from ._sinks import TrajectorySink as TrajectorySink
 from ._trajectory import Trajectory as Trajectory
 from ._version import __version__ as __version__
 

@@ -2,6 +2,7 @@
 
 * :class:`InferenceBackend` and :class:`Policy`: inference backends (entry-point group
   ``relayrl.backends``); :class:`HeadOutputs` is what a policy returns.
+* :class:`TrajectorySink`: trajectory sinks (see :mod:`relayrl.sinks`).
 
 .. versionadded:: 0.1
 """
@@ -9,5 +10,6 @@
 from ._backend_api import HeadOutputs as HeadOutputs
 from ._backend_api import InferenceBackend as InferenceBackend
 from ._backend_api import Policy as Policy
+from ._sinks import TrajectorySink as TrajectorySink
 
-__all__ = ["HeadOutputs", "InferenceBackend", "Policy"]
+__all__ = ["HeadOutputs", "InferenceBackend", "Policy", "TrajectorySink"]
