@@ -3,13 +3,15 @@
 * :class:`InferenceBackend` and :class:`Policy`: inference backends (entry-point group
   ``relayrl.backends``); :class:`HeadOutputs` is what a policy returns.
 * :class:`TrajectorySink`: trajectory sinks (see :mod:`relayrl.sinks`).
+* :class:`Algorithm`: learning algorithms (entry-point group ``relayrl.algorithms``).
 
 .. versionadded:: 0.1
 """
 
+from ._algorithm_api import Algorithm as Algorithm
 from ._backend_api import HeadOutputs as HeadOutputs
 from ._backend_api import InferenceBackend as InferenceBackend
 from ._backend_api import Policy as Policy
 from ._sinks import TrajectorySink as TrajectorySink
 
-__all__ = ["HeadOutputs", "InferenceBackend", "Policy", "TrajectorySink"]
+__all__ = ["Algorithm", "HeadOutputs", "InferenceBackend", "Policy", "TrajectorySink"]
