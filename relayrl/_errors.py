@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "IntegrityError",
     "ModelError",
+    "NoModelError",
     "ObservationError",
     "PluginUnavailableError",
     "RelayRLError",
@@ -43,6 +44,16 @@ class ModelError(RelayRLError, ValueError):
 
 class IntegrityError(ModelError):
     """A bundle or model file does not match its checksum (corrupted or tampered with).
+
+    .. versionadded:: 0.1
+    """
+
+
+class NoModelError(RelayRLError, LookupError):
+    """An actor was asked for an action before it had a model.
+
+    Give a model to ``open_agent``, ``new_actor`` or ``update_model`` first.
+    ``get_model_version`` reports -1 for such an actor.
 
     .. versionadded:: 0.1
     """
