@@ -1,0 +1,15 @@
+"""Environments: gymnasium and PettingZoo behind one vector interface, and the runner that drives them.
+
+``relayrl.envs.make(...)`` builds a :class:`VecEnv`; :class:`EnvRunner` steps it through an agent.
+Importing this package imports neither gymnasium nor PettingZoo (they load when first needed).
+"""
+
+from ._coop_nav import CoopNavEnv as CoopNavEnv
+from ._coop_nav import coop_nav as coop_nav
+from ._vector import EnvStep as EnvStep
+from ._vector import GymVecEnv as GymVecEnv
+from ._vector import ParallelVecEnv as ParallelVecEnv
+from ._vector import VecEnv as VecEnv
+from ._vector import make as make
+
+__all__ = ["CoopNavEnv", "EnvStep", "GymVecEnv", "ParallelVecEnv", "VecEnv", "coop_nav", "make"]
