@@ -9,11 +9,18 @@ from . import algorithms as algorithms
 from . import backends as backends
 from . import sinks as sinks
 from . import spaces as spaces
+from . import transports as transports
+from ._agent import Action as Action
+from ._agent import ActionBatch as ActionBatch
+from ._agent import Agent as Agent
+from ._agent import AgentStatistics as AgentStatistics
+from ._agent import open_agent as open_agent
 from ._errors import AgentClosedError as AgentClosedError
 from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import ConfigError as ConfigError
 from ._errors import IntegrityError as IntegrityError
 from ._errors import ModelError as ModelError
+from ._errors import NoModelError as NoModelError
 from ._errors import ObservationError as ObservationError
 from ._errors import PluginUnavailableError as PluginUnavailableError
 from ._errors import RelayRLError as RelayRLError
@@ -31,8 +38,14 @@ from ._model import ModelModule as ModelModule
 from ._model import TensorSpec as TensorSpec
 from ._numpy_backend import mlp_policy as mlp_policy
 from ._numpy_backend import numpy_mlp as numpy_mlp
+from ._records import read_trajectories as read_trajectories
+from ._server import TrainingServer as TrainingServer
+from ._server import UpdateRecord as UpdateRecord
+from ._server import open_training_server as open_training_server
 from ._sinks import TrajectorySink as TrajectorySink
 from ._trajectory import Trajectory as Trajectory
+from ._transport_sink import TransportSink as TransportSink
+from ._transport_sink import connect_agent as connect_agent
 from ._version import __version__ as __version__
 
 
