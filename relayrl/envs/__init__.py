@@ -6,10 +6,12 @@ Importing this package imports neither gymnasium nor PettingZoo (they load when 
 
 from ._coop_nav import CoopNavEnv as CoopNavEnv
 from ._coop_nav import coop_nav as coop_nav
+from ._runner import EnvRunner as EnvRunner
+from ._runner import RunnerStatistics as RunnerStatistics
 from ._vector import EnvStep as EnvStep
 from ._vector import GymVecEnv as GymVecEnv
 from ._vector import ParallelVecEnv as ParallelVecEnv
 from ._vector import VecEnv as VecEnv
 from ._vector import make as make
 
-__all__ = ["CoopNavEnv", "EnvStep", "GymVecEnv", "ParallelVecEnv", "VecEnv", "coop_nav", "make"]
+__all__ = ["CoopNavEnv", "EnvRunner", "EnvStep", "RunnerStatistics", "GymVecEnv", "ParallelVecEnv", "VecEnv", "coop_nav", "make"]
