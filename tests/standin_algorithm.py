@@ -70,7 +70,8 @@ class StandinAlgorithm(Algorithm):
         return {"steps": float(steps), "updates": float(self.updates)}
 
     def export_model(self, *, version: int | None = None) -> relayrl.ModelModule:
-        model = relayrl.mlp_policy(self.obs_shape, self.action_space, hidden=(16,), seed=self.seed * 1000 + self.updates)
+        seed = self.seed * 1000 + self.updates
+        model = relayrl.mlp_policy(self.obs_shape, self.action_space, hidden=(16,), seed=seed)
         return model.with_version(self.updates if version is None else version)
 
     def save_state(self, directory: str | os.PathLike[str]) -> None:

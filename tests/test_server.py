@@ -29,6 +29,10 @@ def make_traj(n: int = 5, *, obs_dim: int = 4) -> relayrl.Trajectory:
         model_version=np.zeros(n, np.int64), actor_id=uuid.uuid4())
 
 
+def checkpoint_names(root: Path, pattern: str = "ckpt-*") -> list[str]:
+    return sorted(p.name for p in root.glob(pattern))
+
+
 def algo(**config: Any) -> StandinAlgorithm:
     return StandinAlgorithm(OBS, ACT, config={"steps_per_update": 10, **config})
 
@@ -63,7 +67,7 @@ async def test_publishes_version_zero_then_one_per_update() -> None:
         await client.notify("client_ids", actor_ids=[uuid.uuid4()])
         await client.flush()
         with trio.fail_after(5):
-            while server.statistics().clients != 1:
+            while server.statistics().clients != 1:  # noqa: ASYNC110 - the notice is processed asynchronously
                 await trio.sleep(0.001)
     assert a.trained_steps == 30
 
@@ -83,7 +87,7 @@ async def test_keeps_receiving_while_training() -> None:
     async with relayrl.open_training_server(a, transport=t) as server, t.open_client() as client:
         await client.send_trajectories([make_traj(10)])
         with trio.fail_after(10):
-            while not server.update_pending:
+            while not server.update_pending:  # noqa: ASYNC110
                 await trio.sleep(0.001)
             # While train() waits, more batches are received and acknowledged.
             for _ in range(3):
@@ -100,12 +104,15 @@ async def test_checkpoint_then_crash_resumes_without_going_back(tmp_path: Path) 
     t = transports.InprocTransport()
     ckpt = tmp_path / "ckpt"
     async with t.open_client() as client:
-        with pytest.raises(RuntimeError, match="killed"):
+        async def run_and_crash() -> None:
             async with relayrl.open_training_server(algo(), transport=t, checkpoint_dir=ckpt,
                                                     checkpoint_every=2) as server:
                 await feed_until(server, client, 3)
                 assert server.statistics().checkpoint_version == 2
                 raise RuntimeError("killed mid-run")
+
+        with pytest.raises(RuntimeError, match="killed"):
+            await run_and_crash()
         path = latest_checkpoint(ckpt)
         assert path is not None and (path / "algorithm" / "state.json").is_file()
         assert relayrl.ModelModule.load(path / "model").version == 2
@@ -142,7 +149,7 @@ async def test_cancelled_server_resumes_from_its_checkpoint(tmp_path: Path) -> N
             await feed_until(server, client, 3)
             versions.append(server.version)
     assert versions == [2, 3]
-    assert [p.name for p in sorted(tmp_path.glob("ckpt-*"))][-1].startswith("ckpt-00000003")  # final checkpoint
+    assert checkpoint_names(tmp_path)[-1].startswith("ckpt-00000003")  # the final checkpoint
 
 
 async def test_clean_exit_writes_a_final_checkpoint_and_prunes(tmp_path: Path) -> None:
@@ -150,11 +157,11 @@ async def test_clean_exit_writes_a_final_checkpoint_and_prunes(tmp_path: Path) -
     async with relayrl.open_training_server(algo(), transport=t, checkpoint_dir=tmp_path, checkpoint_every=1,
                                             keep_checkpoints=2) as server, t.open_client() as client:
         await feed_until(server, client, 4)
-    dirs = sorted(p.name for p in tmp_path.glob("ckpt-*"))
+    dirs = checkpoint_names(tmp_path)
     assert len(dirs) == 2
     path = latest_checkpoint(tmp_path)
     assert path is not None and path.name == dirs[-1] and path.name.startswith("ckpt-00000004")
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not checkpoint_names(tmp_path, ".*.tmp")
 
 
 async def test_unacked_batches_survive_a_server_restart(tmp_path: Path) -> None:
@@ -270,12 +277,12 @@ async def test_agent_in_training_data_mode_end_to_end() -> None:
                         reward = None
                         obs, _ = env.reset()
                 # The agent follows: its actor moves to the newest version.
-                while (await agent.get_model_version([actor]))[actor] < 3:
+                while (await agent.get_model_version([actor]))[actor] < 3:  # noqa: ASYNC110
                     await trio.sleep(0.001)
             nursery.cancel_scope.cancel()
         # Leaving the agent flushed the in-progress trajectory through the sink, acknowledged.
         with trio.fail_after(10):
-            while server.statistics().steps < sent_steps:
+            while server.statistics().steps < sent_steps:  # noqa: ASYNC110
                 await trio.sleep(0.001)
         assert server.statistics().steps == sent_steps
         assert sink.statistics().steps_written == sent_steps and client.statistics().unacked == 0
