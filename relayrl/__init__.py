@@ -7,6 +7,7 @@ relayrl is light: it imports no torch, onnxruntime, cupy, zmq, nats, pyarrow or 
 from . import abc as abc
 from . import algorithms as algorithms
 from . import backends as backends
+from . import envs as envs
 from . import sinks as sinks
 from . import spaces as spaces
 from . import transports as transports
