@@ -14,4 +14,7 @@ from ._vector import ParallelVecEnv as ParallelVecEnv
 from ._vector import VecEnv as VecEnv
 from ._vector import make as make
 
-__all__ = ["CoopNavEnv", "EnvRunner", "EnvStep", "RunnerStatistics", "GymVecEnv", "ParallelVecEnv", "VecEnv", "coop_nav", "make"]
+__all__ = [
+    "CoopNavEnv", "EnvRunner", "EnvStep", "GymVecEnv", "ParallelVecEnv", "RunnerStatistics", "VecEnv",
+    "coop_nav", "make",
+]

@@ -79,7 +79,8 @@ class EnvRunner:
     def __init__(self, env: VecEnv, agent: Agent, *, ids: list[uuid.UUID] | None = None, deterministic: bool = False,
                  seed: int | None = None, window: int = 100) -> None:
         if not isinstance(env, VecEnv):
-            raise ConfigError(f"EnvRunner needs a relayrl.envs.VecEnv (from relayrl.envs.make), got {type(env).__name__}")
+            raise ConfigError(f"EnvRunner needs a relayrl.envs.VecEnv (from relayrl.envs.make), "
+                              f"got {type(env).__name__}")
         if ids is not None and len(ids) != env.num_slots:
             raise ConfigError(f"EnvRunner needs one actor id per slot ({env.num_slots}), got {len(ids)}")
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
