@@ -157,6 +157,8 @@ class TrainingServer:
         self._model: ModelModule | None = None
         self._updates = self._trajectories = self._steps = self._rejected = 0
         self._steps_since = 0
+        self._received_steps = 0
+        self._steps_changed = trio.Event()
         self._checkpoints = 0
         self._checkpoint_version = -1
         self._ready = trio.Event()
@@ -191,6 +193,20 @@ class TrainingServer:
             version=self._version, updates=self._updates, trajectories=self._trajectories, steps=self._steps,
             rejected=self._rejected, update_pending=self._pending, checkpoints=self._checkpoints,
             checkpoint_version=self._checkpoint_version, clients=len(self._clients))
+
+    @property
+    def received_steps(self) -> int:
+        """Steps received by this server (accepted or rejected), resumed runs excluded."""
+        return self._received_steps
+
+    async def wait_for_steps(self, steps: int) -> None:
+        """Wait until this server has received (and handed to the algorithm) ``steps`` steps in total.
+
+        Counts accepted and rejected steps, so a producer can wait for its deliveries.
+        """
+        while self._received_steps < steps:
+            await self._steps_changed.wait()
+        await trio.lowlevel.checkpoint()
 
     async def wait_for_version(self, version: int) -> int:
         """Wait until a model of at least ``version`` has been published; return the newest version."""
@@ -301,6 +317,9 @@ class TrainingServer:
                 if ready:
                     self._pending = True
                     self._ready.set()
+                self._received_steps += msg.steps
+                self._steps_changed.set()
+                self._steps_changed = trio.Event()
                 await self.transport_server.ack(msg)
             elif isinstance(msg, Notice):
                 if msg.kind == "shutdown":
