@@ -21,7 +21,7 @@ import abc
 import importlib
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Self, TypeAlias
 
 import attrs
 import numpy as np
@@ -136,7 +136,7 @@ class VecEnv(abc.ABC):
     def close(self) -> None:
         """Close the underlying environments."""
 
-    def __enter__(self) -> VecEnv:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -513,7 +513,8 @@ def _is_parallel_env(obj: Any) -> bool:
 
 
 def _is_aec_env(obj: Any) -> bool:
-    return hasattr(obj, "possible_agents") and hasattr(obj, "agent_selection")
+    return hasattr(obj, "possible_agents") and callable(getattr(obj, "agent_iter", None)) \
+        and callable(getattr(obj, "last", None))
 
 
 def _threshold_of(*objs: Any) -> float | None:
