@@ -2,49 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from _envs_toys import CountEnv, StaggerEnv, count_vec
+from gymnasium.vector import AutoresetMode
 
 import relayrl.envs as E
 from relayrl import ConfigError, ObservationError
 from relayrl.spaces import Box, Discrete
-
-# --------------------------------------------------------------------------------------- toy envs
-
-
-class CountEnv(gym.Env[np.ndarray, np.int64]):
-    """Observation t, reward t after step t; terminates after ``length`` steps. Optional masks."""
-
-    def __init__(self, length: int = 3, mask: bool = False) -> None:
-        self.length = length
-        self.mask = mask
-        self.observation_space = gym.spaces.Box(0.0, 100.0, (1,), np.float32)
-        self.action_space = gym.spaces.Discrete(2)
-        self.t = 0
-        self.actions: list[int] = []
-
-    def _info(self) -> dict[str, Any]:
-        return {"action_mask": np.array([1, self.t % 2 == 0], dtype=np.int8)} if self.mask else {}
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
-              ) -> tuple[np.ndarray, dict[str, Any]]:
-        super().reset(seed=seed)
-        self.t = 0
-        return np.array([0.0], np.float32), self._info()
-
-    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        self.actions.append(int(action))
-        self.t += 1
-        return np.array([self.t], np.float32), float(self.t), self.t >= self.length, False, self._info()
-
-
-def _count_vec(mode: AutoresetMode, mask: bool = False) -> SyncVectorEnv:
-    return SyncVectorEnv([lambda: CountEnv(3, mask), lambda: gym.wrappers.TimeLimit(CountEnv(10, mask), 4)],
-                         autoreset_mode=mode)
 
 
 def _gym(env: E.VecEnv) -> E.GymVecEnv:
@@ -229,7 +197,7 @@ def test_make_rejects_agents_with_different_spaces() -> None:
 
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED])
 def test_every_autoreset_mode_gives_the_same_episodes(mode: AutoresetMode) -> None:
-    with E.make(_count_vec(mode)) as env:
+    with E.make(count_vec(mode)) as env:
         episodes = _collect(env, 20)
     # env 0: 3-step episodes that terminate; env 1: 10-step episodes cut at 4 steps by a time limit
     assert len(episodes[0]) >= 4 and len(episodes[1]) >= 3
@@ -240,7 +208,7 @@ def test_every_autoreset_mode_gives_the_same_episodes(mode: AutoresetMode) -> No
 
 
 def test_episode_statistics_and_env_steps() -> None:
-    with E.make(_count_vec(AutoresetMode.NEXT_STEP)) as env:
+    with E.make(count_vec(AutoresetMode.NEXT_STEP)) as env:
         env.reset()
         returns: list[float] = []
         lengths: list[int] = []
@@ -337,7 +305,7 @@ def test_same_seed_same_episodes(spec: str) -> None:
 
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED])
 def test_info_action_masks(mode: AutoresetMode) -> None:
-    with E.make(_count_vec(mode, mask=True)) as env:
+    with E.make(count_vec(mode, mask=True)) as env:
         cur = env.reset()
         for _ in range(15):
             assert cur.mask is not None and cur.mask.dtype == bool and cur.mask.shape == (2, 2)
@@ -416,46 +384,6 @@ def test_multi_binary_and_multi_discrete_spaces_round_trip() -> None:
 
 
 # -------------------------------------------------------------------------------- multi-agent
-
-
-class StaggerEnv:
-    """Parallel env: agent_0 terminates after 2 steps, agent_1 is truncated after 4."""
-
-    metadata: ClassVar[dict[str, Any]] = {"name": "stagger"}
-
-    def __init__(self) -> None:
-        self.possible_agents = ["agent_0", "agent_1"]
-        self.agents: list[str] = []
-        self.t = 0
-        self.received: list[dict[str, Any]] = []
-
-    def observation_space(self, agent: str) -> Box:
-        return Box(-10.0, 10.0, (2,))
-
-    def action_space(self, agent: str) -> Discrete:
-        return Discrete(3)
-
-    def _obs(self, agent: str) -> np.ndarray:
-        return np.array([self.t, self.possible_agents.index(agent) + 1], np.float32)
-
-    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None
-              ) -> tuple[dict[str, Any], dict[str, Any]]:
-        self.t = 0
-        self.agents = list(self.possible_agents)
-        return {a: self._obs(a) for a in self.agents}, {a: {"action_mask": np.array([1, 1, 0])} for a in self.agents}
-
-    def step(self, actions: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float], dict[str, bool],
-                                                     dict[str, bool], dict[str, Any]]:
-        assert set(actions) == set(self.agents), (actions, self.agents)
-        self.received.append(dict(actions))
-        self.t += 1
-        obs = {a: self._obs(a) for a in self.agents}
-        rew = {a: float(self.t * (i + 1)) for i, a in enumerate(self.possible_agents) if a in self.agents}
-        term = {a: a == "agent_0" and self.t == 2 for a in self.agents}
-        trunc = {a: a == "agent_1" and self.t == 4 for a in self.agents}
-        infos = {a: {"action_mask": np.array([1, self.t % 2, 1])} for a in self.agents}
-        self.agents = [a for a in self.agents if not (term[a] or trunc[a])]
-        return obs, rew, term, trunc, infos
 
 
 def test_parallel_env_with_agents_finishing_at_different_times() -> None:

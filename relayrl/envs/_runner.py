@@ -183,6 +183,9 @@ class EnvRunner:
                     actions = batch.act
                     self._open[:] = True
                     self._agent_steps += len(ids)
+                elif not active.any():
+                    # every slot waits for a NEXT_STEP autoreset: step without asking for actions
+                    actions = np.zeros((env.num_slots, *env.action_space.shape), dtype=env.action_space.dtype)
                 else:
                     idx = np.flatnonzero(active)
                     sub = [ids[i] for i in idx]
