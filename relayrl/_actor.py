@@ -129,6 +129,19 @@ class TrajectoryStore:
         self.version: Array = np.zeros((s, c), dtype=np.int64)
         self.mask: Array | None = (np.ones((s, c, layout.mask_dim), dtype=np.bool_) if layout.mask_dim else None)
         self.extras: dict[str, Array] = {}
+        self._flat_views()
+
+    def _flat_views(self) -> None:
+        # Views ``[slots * capacity, ...]`` of the columns: indexing them with one flat index
+        # array is several times faster than indexing ``[slots, capacity]`` with two.
+        s, c = self.n_slots, self.cap
+        self.obs_f: Array = self.obs.reshape(s * c, *self.obs.shape[2:])
+        self.act_f: Array = self.act.reshape(s * c, *self.act.shape[2:])
+        self.reward_f: Array = self.reward.reshape(s * c)
+        self.logp_f: Array = self.logp.reshape(s * c)
+        self.value_f: Array = self.value.reshape(s * c)
+        self.version_f: Array = self.version.reshape(s * c)
+        self.mask_f: Array | None = None if self.mask is None else self.mask.reshape(s * c, self.mask.shape[2])
 
     # -- capacity ------------------------------------------------------------------------------
 
@@ -156,6 +169,7 @@ class TrajectoryStore:
             self.free.extend(range(n_slots - 1, self.n_slots - 1, -1))
             self.n_slots = n_slots
         self.cap = cap
+        self._flat_views()
 
     def ensure_steps(self, needed: int) -> None:
         """Grow the time capacity so that index ``needed - 1`` exists."""

@@ -76,6 +76,10 @@ ModelMode = Literal["independent", "shared"]
 
 #: Requests a router queues before callers wait (backpressure).
 ROUTER_QUEUE_SIZE: Final = 4096
+#: Two single-actor requests from different tasks this close (s) count as concurrent: batch them.
+CONCURRENCY_WINDOW: Final = 0.0005
+#: Longest time (s) a loop of inline requests runs without a trio schedule point.
+SCHEDULE_INTERVAL: Final = 0.0005
 #: Trajectories queued per actor between the hot path and its emitter task.
 OUTBOX_SIZE: Final = 64
 
@@ -236,7 +240,7 @@ class _Request:
     reward: float | None
     deterministic: bool
     extras: dict[str, Array] | None
-    event: trio.Event = attrs.Factory(trio.Event)
+    task: trio.lowlevel.Task
     result: tuple[Array, Array, Array, Array] | None = None
     error: BaseException | None = None
     abandoned: bool = False
@@ -253,7 +257,7 @@ class _Router:
 # -- validation helpers -----------------------------------------------------------------------------
 
 
-def _as_obs(obs: Any, n: int, layout: Layout, what: str = "observations") -> Array:
+def _as_obs(obs: Any, n: int, layout: Layout, what: str = "observations", check_finite: bool = True) -> Array:
     a = obs if isinstance(obs, np.ndarray) else np.asarray(obs)
     shape = layout.obs_shape
     if a.dtype != layout.obs_dtype:
@@ -267,7 +271,7 @@ def _as_obs(obs: Any, n: int, layout: Layout, what: str = "observations") -> Arr
         else:
             raise ObservationError(f"{what} have shape {a.shape}, expected {(n, *shape)} (or {shape}, "
                                    f"broadcast to all {n} actors)")
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
+    if check_finite and a.dtype.kind == "f" and not np.isfinite(a).all():
         raise ObservationError(f"{what} contain NaN or infinite values")
     return a
 
@@ -291,6 +295,16 @@ def _as_mask(mask: Any, n: int, layout: Layout) -> Array:
         row = int(np.flatnonzero(~m.any(axis=1))[0])
         raise ObservationError(f"action mask row {row} masks out every action")
     return m
+
+
+def _scalar_reward(reward: Any) -> float:
+    """A single actor's reward as a float (fast path for Python and numpy scalars)."""
+    if type(reward) is float or type(reward) is int:
+        r = float(reward)
+        if not math.isfinite(r):
+            raise ObservationError("reward contains NaN or infinite values")
+        return r
+    return float(_as_reward(reward, 1)[0])
 
 
 def _as_reward(reward: Any, n: int, what: str = "reward") -> Array:
@@ -330,6 +344,14 @@ def _check_extras(groups: Iterable[_Group], extras: dict[str, Array]) -> None:
             if col is not None and col.shape[2:] != value.shape[1:]:
                 raise ObservationError(f"extra {name!r} has per-step shape {value.shape[1:]}, "
                                        f"expected {col.shape[2:]} (as recorded before)")
+
+
+def _wake(batch: list[_Request]) -> None:
+    """Reschedule the callers of served (or failed) requests; abandoned ones are gone already."""
+    for req in batch:
+        if not req.abandoned:
+            req.abandoned = True  # never wake a task twice
+            trio.lowlevel.reschedule(req.task)
 
 
 def _ids_list(ids: Any) -> list[uuid.UUID]:
@@ -384,6 +406,10 @@ class Agent:
         self._epoch = 0
         self._cache: _Resolved | None = None
         self._closed = False
+        self._last_yield = 0.0
+        self._inline_task: trio.lowlevel.Task | None = None
+        self._inline_time = -math.inf
+        self._batching_until = -math.inf
         probe = _runq_probe()
         self._runq: collections.abc.Sized = probe if probe is not None else _PublicStats()
         # counters
@@ -738,6 +764,9 @@ class Agent:
                         first = await router.recv.receive()
                     except trio.EndOfChannel:
                         break
+                    # Let the tasks already scheduled in this round of the run loop (typically
+                    # more requesters about to queue) run first, so the batch is as large as possible.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                     batch = [first]
                     try:
                         while True:
@@ -753,10 +782,19 @@ class Agent:
                             if req.result is None and req.error is None:
                                 req.error = exc
                     finally:
-                        for req in batch:
-                            req.event.set()
+                        _wake(batch)
                     await self._deliver(emits)
         finally:
+            # Cancelled (shutdown deadline): fail whatever is still queued, so no caller hangs.
+            leftover = []
+            try:
+                while True:
+                    leftover.append(router.recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                pass
+            for req in leftover:
+                req.error = AgentClosedError("the agent shut down before serving this request")
+            _wake(leftover)
             router.done.set()
 
     async def scale_throughput(self, delta: int) -> int:
@@ -876,8 +914,17 @@ class Agent:
         try:
             if len(ids) == 1:
                 actor = self._actor(ids[0])
-                if len(self._runq):
+                # Batch dynamically when requests come from several tasks at once: other tasks are
+                # queued to run, or another task made an inline request moments ago. A lone caller
+                # is served inline (no routing cost).
+                task = trio.lowlevel.current_task()
+                now = time.perf_counter()
+                if (len(self._runq) or now < self._batching_until
+                        or (task is not self._inline_task and now - self._inline_time < CONCURRENCY_WINDOW)):
+                    self._batching_until = now + CONCURRENCY_WINDOW
                     return await self._request_routed(actor, obs, mask, reward, deterministic, extras, t0)
+                self._inline_task = task
+                self._inline_time = now
                 batch, emits = self._request_one(actor, obs, mask, reward, deterministic, extras)
             else:
                 batch, emits = self._request_many(ids, obs, mask, reward, deterministic, extras)
@@ -891,8 +938,14 @@ class Agent:
             await self._deliver(emits)
         if self._metering:
             self._record_request(t0, len(batch))
-        # A schedule point, so that a loop of inline requests lets other tasks run.
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        # A schedule point when other tasks are ready to run, and at least every
+        # SCHEDULE_INTERVAL seconds so that timers and I/O are served during a tight loop of
+        # inline requests. A trio schedule point costs several microseconds with nothing else
+        # to run, as much as the rest of a small request.
+        now = time.perf_counter()
+        if len(self._runq) or now - self._last_yield >= SCHEDULE_INTERVAL:
+            self._last_yield = now
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return batch
 
     def _record_request(self, t0: float, n: int) -> None:
@@ -937,7 +990,7 @@ class Agent:
         lay = h.layout
         o = _as_obs(obs, 1, lay)
         m = None if mask is None else _as_mask(mask, 1, lay)
-        r = None if reward is None else float(_as_reward(reward, 1)[0])
+        r = None if reward is None else _scalar_reward(reward)
         ex = None if extras is None else _as_extras(extras, 1)
         act, logp, value = self._forward(h, o, m, deterministic, None)
         # -- validated and computed: record (no exception expected below) --
@@ -946,8 +999,8 @@ class Agent:
                          None if m is None else m[0], r, ex, emits)
         self._n_requests += 1
         self._n_actions += 1
-        v = np.full(1, np.nan, dtype=np.float32) if value is None else value.astype(np.float32, copy=False)
-        return ActionBatch([actor.id], act, logp, v, np.full(1, h.version, dtype=np.int64)), emits
+        v = np.array((np.nan,), dtype=np.float32) if value is None else value.astype(np.float32, copy=False)
+        return ActionBatch([actor.id], act, logp, v, np.array((h.version,), dtype=np.int64)), emits
 
     def _record_one(
         self, actor: Actor, h: ModelHandle, obs: Array, act: Any, logp: float, value: float,
@@ -1055,10 +1108,11 @@ class Agent:
         if r is not None:
             has = p > 0
             rr = r if rows is None else r[rows]
+            flat = sl * store.cap + p - 1
             if has.all():
-                store.reward[sl, p - 1] = rr
+                store.reward_f[flat] = rr
             elif has.any():
-                store.reward[sl[has], p[has] - 1] = rr[has]
+                store.reward_f[flat[has]] = rr[has]
         full = p >= self._max_len
         if full.any():
             now = time.time()
@@ -1075,24 +1129,25 @@ class Agent:
         fresh = p == 0
         if fresh.any():
             store.start[sl[fresh]] = time.time()
+        flat = sl * store.cap + p
         if rows is None:
-            store.obs[sl, p] = o
-            store.act[sl, p] = act
-            store.logp[sl, p] = logp
-            store.value[sl, p] = value
-            store.version[sl, p] = version
+            store.obs_f[flat] = o
+            store.act_f[flat] = act
+            store.logp_f[flat] = logp
+            store.value_f[flat] = value
+            store.version_f[flat] = version
         else:
-            store.obs[sl, p] = o[rows]
-            store.act[sl, p] = act[rows]
-            store.logp[sl, p] = logp[rows]
-            store.value[sl, p] = value[rows]
-            store.version[sl, p] = version[rows]
-        store.reward[sl, p] = 0.0
-        if store.mask is not None:
+            store.obs_f[flat] = o[rows]
+            store.act_f[flat] = act[rows]
+            store.logp_f[flat] = logp[rows]
+            store.value_f[flat] = value[rows]
+            store.version_f[flat] = version[rows]
+        store.reward_f[flat] = 0.0
+        if store.mask_f is not None:
             if m is None:
-                store.mask[sl, p] = True
+                store.mask_f[flat] = True
             else:
-                store.mask[sl, p] = m if rows is None else m[rows]
+                store.mask_f[flat] = m if rows is None else m[rows]
                 store.had_mask[sl] = True
         if ex is not None or store.extras:
             self._record_extras(store, sl, p, ex, slice(None) if rows is None else rows)
@@ -1111,11 +1166,12 @@ class Agent:
         lay = h.layout
         req = _Request(
             actor=actor,
-            obs=_as_obs(obs, 1, lay),
+            obs=_as_obs(obs, 1, lay, check_finite=False),  # checked per batch by the router
             mask=None if mask is None else _as_mask(mask, 1, lay),
-            reward=None if reward is None else float(_as_reward(reward, 1)[0]),
+            reward=None if reward is None else _scalar_reward(reward),
             deterministic=bool(deterministic),
             extras=None if extras is None else _as_extras(extras, 1),
+            task=trio.lowlevel.current_task(),
         )
         router: _Router = actor.router
         try:
@@ -1124,11 +1180,14 @@ class Agent:
             await router.send.send(req)
         except trio.ClosedResourceError:
             raise AgentClosedError("the agent is closed") from None
-        try:
-            await req.event.wait()
-        except BaseException:
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            # Cancelled before the router served it: the router skips it, nothing is recorded.
             req.abandoned = True
-            raise
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        # The router reschedules this task once the batch is served (cheaper than an Event).
+        await trio.lowlevel.wait_task_rescheduled(abort)
         if req.error is not None:
             raise req.error
         assert req.result is not None
@@ -1172,6 +1231,9 @@ class Agent:
             groups, lay = self._group(actors)
             n = len(sub)
             o = sub[0].obs if n == 1 else np.concatenate([req.obs for req in sub])
+            if o.dtype.kind == "f" and not np.isfinite(o).all():
+                # Some caller's observation is bad: the per-request retry below finds whose.
+                raise ObservationError("observations contain NaN or infinite values")
             first = sub[0]
             m = None if first.mask is None else (first.mask if n == 1 else np.concatenate(
                 [req.mask for req in sub]))
