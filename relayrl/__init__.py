@@ -16,6 +16,7 @@ from ._agent import ActionBatch as ActionBatch
 from ._agent import Agent as Agent
 from ._agent import AgentStatistics as AgentStatistics
 from ._agent import open_agent as open_agent
+from ._config import TrainConfig as TrainConfig
 from ._errors import AgentClosedError as AgentClosedError
 from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import ConfigError as ConfigError
@@ -44,6 +45,10 @@ from ._server import TrainingServer as TrainingServer
 from ._server import UpdateRecord as UpdateRecord
 from ._server import open_training_server as open_training_server
 from ._sinks import TrajectorySink as TrajectorySink
+from ._train import EvalResult as EvalResult
+from ._train import TrainResult as TrainResult
+from ._train import evaluate as evaluate
+from ._train import train as train
 from ._trajectory import Trajectory as Trajectory
 from ._transport_sink import TransportSink as TransportSink
 from ._transport_sink import connect_agent as connect_agent

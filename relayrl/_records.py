@@ -1,0 +1,505 @@
+"""Trajectory file formats: Arrow IPC stream, Parquet and CSV, written as one "long" table.
+
+Every format stores the same table, one row per step, trajectories one after the other (see
+``docs/trajectories.md`` for the full schema):
+
+=================  ==========================  ===========================================================
+column             Arrow type                  meaning
+=================  ==========================  ===========================================================
+``traj``           int64                       trajectory number within the run (the order of ``put``)
+``step``           int32                       step index; ``-1`` marks the one placeholder row of an
+                                               empty trajectory (its per-step columns are zeros)
+``steps``          int32                       the trajectory's length (a truncated file is detected)
+``actor_id``       fixed_size_binary(16)       the actor's UUID bytes (CSV: the UUID string)
+``episode``        int64
+``env_id``         string (nullable)
+``truncated``      bool
+``start_time``     float64
+``end_time``       float64
+``obs`` ...        numpy dtype, or a           per-step columns: ``obs``, ``act``, ``reward``, ``done``,
+                   fixed_size_list of it       ``logp``, ``value``, ``model_version``, ``mask`` (only when
+                                               present), ``extra.<name>`` for each extra; a column with a
+                                               per-step shape is flattened (CSV: one column per element,
+                                               ``obs.0``, ``obs.1`` ...)
+``final_obs``      list<obs type>              one element on the trajectory's last row when it has a
+                                               final observation, empty otherwise (CSV: nullable columns)
+=================  ==========================  ===========================================================
+
+The exact dtypes and shapes live in the schema metadata under ``relayrl.trajectories`` (a JSON
+object; for CSV, on the first line after ``#relayrl-trajectories``), so :func:`read_trajectories`
+restores arrays equal to the ones written. Trajectories whose columns differ in dtype or shape
+(another model, another agent's space) go to separate files.
+
+pyarrow is imported lazily: ``import relayrl`` never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from ._errors import BackendUnavailableError, SinkError
+from ._trajectory import Trajectory
+
+__all__ = ["FORMATS", "Encoder", "read_trajectories", "require_pyarrow", "signature"]
+
+FORMAT_NAME: Final = "relayrl.trajectories"
+FORMAT_VERSION: Final = 1
+META_KEY: Final = b"relayrl.trajectories"
+CSV_MAGIC: Final = b"#relayrl-trajectories "
+PARQUET_MAGIC: Final = b"PAR1"
+IPC_MAGIC: Final = b"\xff\xff\xff\xff"  # the continuation marker every IPC stream message starts with
+#: File extensions by format name.
+FORMATS: Final = {"arrow": ".arrow", "parquet": ".parquet", "csv": ".csv"}
+
+STEP_FIELDS: Final = ("obs", "act", "reward", "done", "logp", "value", "model_version")
+EXTRA_PREFIX: Final = "extra."
+
+Array = npt.NDArray[Any]
+#: (column name, dtype string, per-step shape) for every per-step column, then the final_obs spec.
+Signature = tuple[tuple[tuple[str, str, tuple[int, ...]], ...], tuple[str, tuple[int, ...]]]
+
+
+def require_pyarrow() -> Any:
+    """Import pyarrow or raise an error that says how to install it."""
+    try:
+        import pyarrow
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "writing or reading trajectory files needs pyarrow: pip install pyarrow (or pip install 'relayrl[arrow]')"
+        ) from exc
+    return pyarrow
+
+
+def _step_columns(traj: Trajectory) -> Iterator[tuple[str, Array]]:
+    for name in STEP_FIELDS:
+        yield name, getattr(traj, name)
+    if traj.mask is not None:
+        yield "mask", traj.mask
+    for name in sorted(traj.extras):
+        yield EXTRA_PREFIX + name, traj.extras[name]
+
+
+def signature(traj: Trajectory) -> Signature:
+    """The dtypes and shapes that decide which file (schema) a trajectory goes to.
+
+    Raises:
+        ValueError: If a column is not a numpy array, has an unsupported dtype, a length other
+            than the trajectory's, or a zero-sized per-step shape.
+    """
+    steps = len(traj)
+    cols = []
+    for name, arr in _step_columns(traj):
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"trajectory column {name!r} must be a numpy array, got {type(arr).__name__}")
+        if arr.ndim == 0 or arr.shape[0] != steps:
+            raise ValueError(f"trajectory column {name!r} has shape {arr.shape}, expected {steps} steps")
+        _check_dtype(name, arr.dtype)
+        shape = tuple(int(d) for d in arr.shape[1:])
+        if shape and 0 in shape:
+            raise ValueError(f"trajectory column {name!r} has a zero-sized per-step shape {shape}")
+        cols.append((name, arr.dtype.str, shape))
+    final = traj.final_obs
+    if final is None:
+        final_spec = (cols[0][1], cols[0][2])
+    else:
+        if not isinstance(final, np.ndarray):
+            raise ValueError(f"final_obs must be a numpy array, got {type(final).__name__}")
+        _check_dtype("final_obs", final.dtype)
+        if 0 in final.shape:
+            raise ValueError(f"final_obs has a zero-sized shape {final.shape}")
+        final_spec = (final.dtype.str, tuple(int(d) for d in final.shape))
+    if not isinstance(traj.env_id, str | None):
+        raise ValueError(f"env_id must be a str or None, got {type(traj.env_id).__name__}")
+    return tuple(cols), final_spec
+
+
+def _check_dtype(name: str, dtype: np.dtype[Any]) -> None:
+    if dtype.kind not in "biuf" or not dtype.isnative:
+        raise ValueError(f"trajectory column {name!r} has dtype {dtype}; file sinks store native bool, int, "
+                         "uint and float arrays")
+
+
+def _arrow_array(pa: Any, flat: Array, shape: tuple[int, ...]) -> Any:
+    """``flat`` is ``[rows, *shape]``; a per-step shape becomes a fixed_size_list of the flattened elements."""
+    if not shape:
+        return pa.array(flat)
+    size = int(np.prod(shape))
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), size)
+
+
+class Encoder:
+    """Builds Arrow record batches from trajectories (one signature per encoder)."""
+
+    def __init__(self, sig: Signature, run_id: str) -> None:
+        self.pa = require_pyarrow()
+        self.sig = sig
+        self.run_id = run_id
+        pa = self.pa
+        cols, (final_dtype, final_shape) = sig
+        fields = [
+            pa.field("traj", pa.int64(), nullable=False),
+            pa.field("step", pa.int32(), nullable=False),
+            pa.field("steps", pa.int32(), nullable=False),
+            pa.field("actor_id", pa.binary(16), nullable=False),
+            pa.field("episode", pa.int64(), nullable=False),
+            pa.field("env_id", pa.string()),
+            pa.field("truncated", pa.bool_(), nullable=False),
+            pa.field("start_time", pa.float64(), nullable=False),
+            pa.field("end_time", pa.float64(), nullable=False),
+        ]
+        for name, dtype, shape in cols:
+            fields.append(pa.field(name, _arrow_type(pa, np.dtype(dtype), shape), nullable=False))
+        fields.append(pa.field("final_obs", pa.list_(_arrow_type(pa, np.dtype(final_dtype), final_shape)),
+                               nullable=False))
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "run_id": run_id,
+            "columns": {name: {"dtype": dtype, "shape": list(shape)} for name, dtype, shape in cols},
+            "final_obs": {"dtype": final_dtype, "shape": list(final_shape)},
+        }
+        self.meta_json = json.dumps(meta, separators=(",", ":"))
+        self.schema = pa.schema(fields, metadata={META_KEY: self.meta_json.encode()})
+
+    def encode(self, trajs: Sequence[Trajectory], first_seq: Sequence[int] | Array) -> Any:
+        """One RecordBatch holding ``trajs`` (numbered ``first_seq[i]``), one row per step."""
+        pa = self.pa
+        n = len(trajs)
+        lengths = np.fromiter((len(t) for t in trajs), dtype=np.int64, count=n)
+        rows_per = np.maximum(lengths, 1)  # an empty trajectory keeps one placeholder row
+        has_empty = bool((lengths == 0).any())
+        rows = int(rows_per.sum())
+        starts = np.zeros(n, dtype=np.int64)
+        np.cumsum(rows_per[:-1], out=starts[1:])
+        idx = np.repeat(np.arange(n), rows_per)
+        step = (np.arange(rows, dtype=np.int64) - starts[idx]).astype(np.int32)
+        if has_empty:
+            step[starts[lengths == 0]] = -1
+        ids = np.frombuffer(b"".join(t.actor_id.bytes for t in trajs), dtype=np.uint8).reshape(n, 16)
+        arrays = [
+            pa.array(np.asarray(first_seq, dtype=np.int64)[idx]),
+            pa.array(step),
+            pa.array(lengths.astype(np.int32)[idx]),
+            pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows, [None, pa.py_buffer(ids[idx].tobytes())]),
+            pa.array(np.fromiter((t.episode for t in trajs), dtype=np.int64, count=n)[idx]),
+            pa.array([t.env_id for t in trajs], type=pa.string()).take(pa.array(idx)),
+            pa.array(np.fromiter((t.truncated for t in trajs), dtype=bool, count=n)[idx]),
+            pa.array(np.fromiter((t.start_time for t in trajs), dtype=np.float64, count=n)[idx]),
+            pa.array(np.fromiter((t.end_time for t in trajs), dtype=np.float64, count=n)[idx]),
+        ]
+        cols, (final_dtype, final_shape) = self.sig
+        for name, dtype, shape in cols:
+            parts = [_column(t, name) for t in trajs]
+            if has_empty:
+                parts = [p if len(p) else np.zeros((1, *shape), dtype=dtype) for p in parts]
+            arrays.append(_arrow_array(pa, parts[0] if n == 1 else np.concatenate(parts), shape))
+        arrays.append(self._final_obs(trajs, starts + rows_per - 1, rows, np.dtype(final_dtype), final_shape))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+    def _final_obs(self, trajs: Sequence[Trajectory], last_rows: Array, rows: int, dtype: np.dtype[Any],
+                   shape: tuple[int, ...]) -> Any:
+        pa = self.pa
+        have = [i for i, t in enumerate(trajs) if t.final_obs is not None]
+        counts = np.zeros(rows + 1, dtype=np.int32)
+        counts[last_rows[have] + 1] = 1
+        offsets = np.cumsum(counts, dtype=np.int32)
+        values = (np.stack([trajs[i].final_obs for i in have])  # type: ignore[misc]
+                  if have else np.zeros((0, *shape), dtype=dtype))
+        return pa.ListArray.from_arrays(pa.array(offsets), _arrow_array(pa, values, shape))
+
+    def to_csv_table(self, batch: Any) -> Any:
+        """The same rows with every list column split into one column per element (CSV has no lists)."""
+        pa = self.pa
+        names: list[str] = []
+        arrays: list[Any] = []
+        for field, col in zip(batch.schema, batch.columns):
+            name = field.name
+            if name == "actor_id":
+                raw = np.frombuffer(col.buffers()[1], dtype=np.uint8)[: len(col) * 16].reshape(-1, 16)
+                uniq, inv = np.unique(raw, axis=0, return_inverse=True)
+                strs = pa.array([str(uuid.UUID(bytes=u.tobytes())) for u in uniq], type=pa.string())
+                arrays.append(strs.take(pa.array(inv.reshape(-1))))
+                names.append(name)
+            elif name == "final_obs":
+                dtype, shape = np.dtype(self.sig[1][0]), self.sig[1][1]
+                size = int(np.prod(shape))
+                present = np.asarray(col.value_lengths()) > 0
+                flat = np.zeros((len(col), size), dtype=dtype)
+                flat[present] = _to_numpy(col.flatten(), dtype, shape).reshape(-1, size)
+                for k in range(size):
+                    arrays.append(pa.array(flat[:, k], mask=~present))
+                    names.append(f"final_obs.{k}")
+            elif pa.types.is_fixed_size_list(field.type):
+                size = field.type.list_size
+                values = np.asarray(col.flatten().to_numpy(zero_copy_only=False)).reshape(-1, size)
+                for k in range(size):
+                    arrays.append(pa.array(values[:, k]))
+                    names.append(f"{name}.{k}")
+            else:
+                arrays.append(col)
+                names.append(name)
+        return pa.Table.from_arrays(arrays, names=names)
+
+
+def _column(traj: Trajectory, name: str) -> Array:
+    if name.startswith(EXTRA_PREFIX):
+        return traj.extras[name[len(EXTRA_PREFIX):]]
+    arr: Array = getattr(traj, name)
+    return arr
+
+
+def _arrow_type(pa: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> Any:
+    base = pa.from_numpy_dtype(dtype)
+    return pa.list_(base, int(np.prod(shape))) if shape else base
+
+
+def _to_numpy(arr: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> Array:
+    """An Arrow (chunked) array of ``rows`` elements of ``shape`` -> ``[rows, *shape]`` numpy of ``dtype``."""
+    pa = require_pyarrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    rows = len(arr)
+    if shape:
+        arr = arr.flatten()
+    out = np.asarray(arr.to_numpy(zero_copy_only=False))
+    if out.dtype != dtype:
+        out = out.astype(dtype)
+    result: Array = out.reshape(rows, *shape)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_trajectories(path: str | os.PathLike[str], *, allow_truncated: bool = False) -> list[Trajectory]:
+    """Read trajectories written by an :class:`~relayrl.sinks.ArrowSink`, ``ParquetSink`` or ``CsvSink``.
+
+    Args:
+        path: One file, or a directory: every ``.arrow``, ``.parquet`` and ``.csv`` file in it
+            (not in subdirectories) is read; other files are ignored.
+        allow_truncated: A writer that crashed can leave an Arrow file whose last record batch
+            is incomplete. By default that raises :class:`~relayrl.SinkError`; with
+            ``allow_truncated=True`` the complete batches before it are returned (every batch
+            holds whole trajectories, so no trajectory is cut). Parquet and CSV files cannot be
+            read partially and always raise.
+
+    Returns:
+        The trajectories, in the order they were handed to the sink (runs ordered by run id,
+        which starts with the UTC time the sink was created), each equal (``==``) to the one
+        written: the same arrays (dtype, shape, NaN included), ``mask`` or None, ``extras``,
+        ids, episode, env id, flags, final observation and timestamps. Arrays may be views into
+        one larger array per file.
+
+    Raises:
+        SinkError: (an :class:`OSError`) If the path does not exist, or a file is not a relayrl
+            trajectory file, is corrupt or truncated; the message names the file.
+        BackendUnavailableError: If pyarrow is not installed.
+
+    .. versionadded:: 0.1
+    """
+    require_pyarrow()
+    root = os.fspath(path)
+    if os.path.isdir(root):
+        files = sorted(os.path.join(root, f) for f in os.listdir(root)
+                       if os.path.splitext(f)[1] in FORMATS.values() and os.path.isfile(os.path.join(root, f)))
+    elif os.path.exists(root):
+        files = [root]
+    else:
+        raise SinkError(f"no trajectory file or directory at {root}")
+    keyed: list[tuple[str, int, Trajectory]] = []
+    for file in files:
+        keyed.extend(_read_file(file, allow_truncated))
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    return [t for _, _, t in keyed]
+
+
+def _read_file(file: str, allow_truncated: bool) -> list[tuple[str, int, Trajectory]]:
+    try:
+        with open(file, "rb") as f:
+            head = f.read(len(CSV_MAGIC))
+    except OSError as exc:
+        raise SinkError(f"cannot read trajectory file {file}: {exc}") from exc
+    try:
+        if head.startswith(PARQUET_MAGIC):
+            table, meta = _read_parquet(file)
+        elif head.startswith(CSV_MAGIC):
+            table, meta = _read_csv(file)
+        elif head.startswith(IPC_MAGIC):
+            table, meta = _read_ipc(file, allow_truncated)
+        else:
+            raise SinkError(f"{file} is not a relayrl trajectory file (Arrow IPC stream, Parquet or CSV)")
+        return _decode(table, meta, file)
+    except SinkError:
+        raise
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ValueError, KeyError ... for corrupt input
+        raise SinkError(f"cannot read trajectory file {file}: {type(exc).__name__}: {exc}") from exc
+
+
+def _parse_meta(raw: bytes | str | None, file: str) -> dict[str, Any]:
+    if raw is None:
+        raise SinkError(f"{file} has no relayrl.trajectories metadata: it was not written by a relayrl sink")
+    meta = json.loads(raw)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise SinkError(f"{file} is not a relayrl trajectory file")
+    if meta.get("version") != FORMAT_VERSION:
+        raise SinkError(f"{file} has trajectory format version {meta.get('version')!r}; "
+                        f"this relayrl reads version {FORMAT_VERSION}")
+    return meta
+
+
+def _read_ipc(file: str, allow_truncated: bool) -> tuple[Any, dict[str, Any]]:
+    pa = require_pyarrow()
+    batches = []
+    with pa.OSFile(file, "rb") as source:
+        reader = pa.ipc.open_stream(source)
+        meta = _parse_meta((reader.schema.metadata or {}).get(META_KEY), file)
+        while True:
+            try:
+                batches.append(reader.read_next_batch())
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError, EOFError) as exc:
+                if not allow_truncated:
+                    raise SinkError(
+                        f"{file} is truncated or corrupt after {len(batches)} complete record batches ({exc}); "
+                        "read_trajectories(..., allow_truncated=True) returns what is before it"
+                    ) from exc
+                break
+    return pa.Table.from_batches(batches, schema=reader.schema), meta
+
+
+def _read_parquet(file: str) -> tuple[Any, dict[str, Any]]:
+    pa = require_pyarrow()
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(file)
+    meta = _parse_meta((table.schema.metadata or {}).get(META_KEY), file)
+    del pa
+    return table, meta
+
+
+def _read_csv(file: str) -> tuple[Any, dict[str, Any]]:
+    pa = require_pyarrow()
+    import pyarrow.csv as pcsv
+
+    with open(file, "rb") as f:
+        first = f.readline()
+    meta = _parse_meta(first[len(CSV_MAGIC):].decode("utf-8"), file)
+    types: dict[str, Any] = {
+        "traj": pa.int64(), "step": pa.int32(), "steps": pa.int32(), "actor_id": pa.string(), "episode": pa.int64(),
+        "env_id": pa.string(), "truncated": pa.bool_(), "start_time": pa.float64(), "end_time": pa.float64(),
+    }
+    specs = dict(meta["columns"])
+    specs["final_obs"] = meta["final_obs"]
+    for name, spec in specs.items():
+        dtype = np.dtype(spec["dtype"])
+        # pyarrow's CSV reader has no float16; float32 holds every float16 exactly.
+        t = pa.float32() if dtype == np.float16 else pa.from_numpy_dtype(dtype)
+        size = int(np.prod(spec["shape"]))
+        if spec["shape"] or name == "final_obs":  # final_obs is always split: final_obs.0 ...
+            types.update({f"{name}.{k}": t for k in range(size)})
+        else:
+            types[name] = t
+    table = pcsv.read_csv(
+        file,
+        read_options=pcsv.ReadOptions(skip_rows=1, block_size=1 << 24),
+        convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True,
+                                            quoted_strings_can_be_null=False),
+    )
+    missing = set(types) - set(table.column_names)
+    if missing:
+        raise SinkError(f"{file} lacks the columns {sorted(missing)}")
+    return table, meta
+
+
+def _decode(table: Any, meta: dict[str, Any], file: str) -> list[tuple[str, int, Trajectory]]:
+    pa = require_pyarrow()
+    run_id = str(meta.get("run_id", ""))
+    n_rows = table.num_rows
+    if n_rows == 0:
+        return []
+    traj = table.column("traj").to_numpy()
+    step = table.column("step").to_numpy()
+    steps = table.column("steps").to_numpy()
+    csv = pa.types.is_string(table.schema.field("actor_id").type)
+    bounds = np.flatnonzero(np.diff(traj)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [n_rows]])
+    expected = np.maximum(steps[starts], 1)
+    bad = np.flatnonzero(ends - starts != expected)
+    if bad.size:
+        i = int(bad[0])
+        raise SinkError(f"{file}: trajectory {int(traj[starts[i]])} has {int(ends[i] - starts[i])} rows, "
+                        f"expected {int(expected[i])} (the file is truncated or corrupt)")
+
+    def per_traj(name: str) -> Array:
+        values: Array = np.asarray(table.column(name).to_numpy(zero_copy_only=False))
+        picked: Array = values[starts]
+        return picked
+
+    if csv:
+        actor_ids = [uuid.UUID(s) for s in table.column("actor_id").take(pa.array(starts)).to_pylist()]
+    else:
+        col = table.column("actor_id").take(pa.array(starts)).combine_chunks()
+        raw = np.frombuffer(col.buffers()[1], dtype=np.uint8)[col.offset * 16: (col.offset + len(col)) * 16]
+        actor_ids = [uuid.UUID(bytes=raw[i * 16:(i + 1) * 16].tobytes()) for i in range(len(col))]
+    episodes = per_traj("episode")
+    env_ids = table.column("env_id").take(pa.array(starts)).to_pylist()
+    truncated = per_traj("truncated")
+    start_time = per_traj("start_time")
+    end_time = per_traj("end_time")
+
+    # Per-step columns, without the placeholder rows of empty trajectories.
+    real = step >= 0
+    all_real = bool(real.all())
+    columns: dict[str, Array] = {}
+    for name, spec in meta["columns"].items():
+        dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+        if csv and shape:
+            size = int(np.prod(shape))
+            flat = np.stack([np.asarray(table.column(f"{name}.{k}").to_numpy(zero_copy_only=False))
+                             for k in range(size)], axis=1)
+            values = flat.astype(dtype, copy=False).reshape(n_rows, *shape)
+        else:
+            values = _to_numpy(table.column(name), dtype, shape)
+        columns[name] = values if all_real else values[real]
+    real_starts = np.cumsum(np.concatenate([[0], steps[starts][:-1]]))
+    lengths = steps[starts]
+
+    fdtype, fshape = np.dtype(meta["final_obs"]["dtype"]), tuple(meta["final_obs"]["shape"])
+    last = ends - 1
+    if csv:
+        size = int(np.prod(fshape))
+        cols = [table.column(f"final_obs.{k}").take(pa.array(last)) for k in range(size)]
+        present = ~np.asarray(cols[0].is_null().to_numpy(zero_copy_only=False)) if cols else np.zeros(0, bool)
+        fin = np.stack([np.asarray(c.fill_null(0).to_numpy(zero_copy_only=False)) for c in cols], axis=1)
+        fin = fin.astype(fdtype, copy=False).reshape(len(last), *fshape)
+        final_obs = [fin[i] if present[i] else None for i in range(len(last))]
+    else:
+        fcol = table.column("final_obs").take(pa.array(last)).combine_chunks()
+        present = np.asarray(fcol.value_lengths().to_numpy(zero_copy_only=False)) > 0
+        fin = _to_numpy(fcol.flatten(), fdtype, fshape)
+        where = np.cumsum(present) - 1
+        final_obs = [fin[where[i]] if present[i] else None for i in range(len(last))]
+
+    out: list[tuple[str, int, Trajectory]] = []
+    for i in range(len(starts)):
+        a, b = int(real_starts[i]), int(real_starts[i] + lengths[i])
+        step_cols = {name: values[a:b] for name, values in columns.items()}
+        extras = {name[len(EXTRA_PREFIX):]: v for name, v in step_cols.items() if name.startswith(EXTRA_PREFIX)}
+        out.append((run_id, int(traj[starts[i]]), Trajectory(
+            obs=step_cols["obs"], act=step_cols["act"], reward=step_cols["reward"], done=step_cols["done"],
+            logp=step_cols["logp"], value=step_cols["value"], model_version=step_cols["model_version"],
+            mask=step_cols.get("mask"), actor_id=actor_ids[i], episode=int(episodes[i]), env_id=env_ids[i],
+            truncated=bool(truncated[i]), final_obs=final_obs[i], start_time=float(start_time[i]),
+            end_time=float(end_time[i]), extras=extras,
+        )))
+    return out
