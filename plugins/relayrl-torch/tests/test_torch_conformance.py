@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from relayrl import ModelModule
-from relayrl.testing import BackendConformance, ReferenceCase
 from relayrl_torch import export_policy
 from torch import nn
+
+from relayrl import ModelModule
+from relayrl.testing import BackendConformance, ReferenceCase
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU,
                 "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "identity": nn.Identity}
@@ -31,14 +32,14 @@ def torch_mlp(layers: Any, activation: str, flatten: bool) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
-def export_case(case: ReferenceCase, fmt: str) -> ModelModule:
+def export_case(case: ReferenceCase, fmt: Literal["torchscript", "export"]) -> ModelModule:
     key = (fmt, case.name)
     if key not in _CACHE:
         flatten = len(case.obs_shape) > 1
         pi = torch_mlp(case.pi_layers, case.activation, flatten)
         vf = torch_mlp(case.value_layers, case.activation, flatten) if case.value_layers is not None else None
         _CACHE[key] = export_policy(pi, obs_space=case.obs_shape, action_space=case.action_space, format=fmt,
-                                    value_module=vf, log_std=case.log_std)  # type: ignore[arg-type]
+                                    value_module=vf, log_std=case.log_std)
     return _CACHE[key]
 
 
@@ -75,7 +76,7 @@ class _Distribution(nn.Module):
 class _Legacy(nn.Module):
     """RelayRL 0.4's PolicyWithoutBaseline: step() samples inside the model; no forward()."""
 
-    def __init__(self, policy: nn.Module, in_dim: int, out_dim: int) -> None:
+    def __init__(self, policy: _Distribution, in_dim: int, out_dim: int) -> None:
         super().__init__()
         self.policy = policy
         self.input_dim = in_dim

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+
 from relayrl import BackendUnavailableError, ConfigError, ModelError, ModelModule
 from relayrl.abc import HeadOutputs, InferenceBackend, Policy
 

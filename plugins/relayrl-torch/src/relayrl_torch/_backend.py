@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+
 from relayrl import BackendUnavailableError, ModelError, ModelModule
 from relayrl.abc import HeadOutputs, InferenceBackend, Policy
 
@@ -143,8 +144,7 @@ def _torchscript_entry(sm: Any, module: ModelModule) -> tuple[Call, str]:
             continue
         children = dict(owner.named_children())
         if "pi_network" in children and "forward" in _script_methods(children["pi_network"]):
-            net = children["pi_network"]
-            return (lambda x: net(x)), prefix + "pi_network"
+            return children["pi_network"], prefix + "pi_network"
     which = ", ".join(sorted(methods)) or "none"
     raise ModelError(f"cannot obtain logits from the TorchScript module {meta.model_file!r}: it has no logits() or "
                      f"forward() method and no RelayRL 0.4 policy._distribution() or pi_network (its methods: "
@@ -166,7 +166,8 @@ def _host(t: Any, name: str) -> Array:
         t = t.cpu()
     if t.dtype != torch.float32:
         t = t.float()
-    return t.numpy()
+    arr: Array = t.numpy()
+    return arr
 
 
 class TorchPolicy(Policy):
@@ -248,7 +249,7 @@ class TorchBackend(InferenceBackend):
             warnings.simplefilter("ignore", UserWarning)
             try:
                 if fmt == "torchscript":
-                    sm = torch.jit.load(io.BytesIO(module.data), map_location=dev)
+                    sm = torch.jit.load(io.BytesIO(module.data), map_location=dev)  # type: ignore[no-untyped-call]
                     sm.eval()
                     fn, entry = _torchscript_entry(sm, module)
                 else:

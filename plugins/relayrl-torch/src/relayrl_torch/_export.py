@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
+
 from relayrl import ConfigError, ModelError, ModelModule, numpy_mlp
 from relayrl.spaces import Box, Discrete, MultiDiscrete, Space, from_gymnasium
-from torch import nn
 
 __all__ = ["EXPORT_FORMATS", "ONNX_INPUT", "export_policy"]
 
@@ -67,7 +68,7 @@ class _Gaussian(nn.Module):
         self.register_buffer("log_std_param", log_std)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.pi(obs), self.log_std_param.clone()
+        return self.pi(obs), self.log_std_param.clone()  # type: ignore[operator]
 
 
 class _GaussianValue(nn.Module):
@@ -78,7 +79,7 @@ class _GaussianValue(nn.Module):
         self.register_buffer("log_std_param", log_std)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.pi(obs), self.log_std_param.clone(), self.vf(obs).reshape(-1)
+        return self.pi(obs), self.log_std_param.clone(), self.vf(obs).reshape(-1)  # type: ignore[operator]
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -196,7 +197,7 @@ def _torchscript_bytes(wrapper: nn.Module, obs_shape: tuple[int, ...]) -> bytes:
             scripted = torch.jit.script(wrapper)
         except Exception:
             # Not scriptable (dynamic Python): trace it; the batch axis stays generic for MLP-like code.
-            scripted = torch.jit.trace(wrapper, (_example(obs_shape),), check_trace=False)
+            scripted = torch.jit.trace(wrapper, (_example(obs_shape),), check_trace=False)  # type: ignore[no-untyped-call]
         buf = io.BytesIO()
         torch.jit.save(scripted, buf)
     return buf.getvalue()
@@ -245,7 +246,7 @@ def export_policy(
     *,
     obs_space: Any,
     action_space: Space | Any,
-    format: ExportFormat = "torchscript",  # noqa: A002 - the documented name
+    format: ExportFormat = "torchscript",
     value_module: nn.Module | None = None,
     log_std: Any = None,
     version: int | None = None,

@@ -6,6 +6,7 @@ import os
 import threading
 
 import torch
+
 from relayrl import ConfigError
 
 __all__ = ["ENV_VAR", "ensure_configured", "get_num_threads", "set_num_threads"]
