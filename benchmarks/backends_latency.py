@@ -30,25 +30,25 @@ import _common  # noqa: F401  (sets thread limits first)
 import numpy as np
 import torch
 import trio
+from _common import median, percentile, table
 from relayrl_torch import export_policy, set_num_threads
 from torch import nn
 
 import relayrl
-from _common import median, percentile, table
 
 Array = np.ndarray[Any, Any]
 FORMATS = ("numpy", "torchscript", "export", "onnx")
 LABELS = {"numpy": "numpy", "torchscript": "torch (TorchScript)", "export": "torch (torch.export)", "onnx": "onnx"}
 
 
-def _nets() -> tuple[nn.Module, nn.Module]:
+def _nets() -> tuple[nn.Sequential, nn.Sequential]:
     torch.manual_seed(0)
     pi = nn.Sequential(nn.Linear(4, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2))
     vf = nn.Sequential(nn.Linear(4, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
     return pi, vf
 
 
-def bare_call(model: relayrl.ModelModule, fmt: str, pi: nn.Module, vf: nn.Module) -> Callable[[Array], Any]:
+def bare_call(model: relayrl.ModelModule, fmt: str, pi: nn.Sequential, vf: nn.Sequential) -> Callable[[Array], Any]:
     """The library call that computes the head parameters and the value, nothing else."""
     if fmt == "numpy":
         layers = [[(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
@@ -72,7 +72,7 @@ def bare_call(model: relayrl.ModelModule, fmt: str, pi: nn.Module, vf: nn.Module
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "torchscript":
-            fn = torch.jit.load(io.BytesIO(model.data))
+            fn = torch.jit.load(io.BytesIO(model.data))  # type: ignore[no-untyped-call]
         else:
             fn = torch.export.load(io.BytesIO(model.data)).module()
 
@@ -107,7 +107,7 @@ def throughput(fn: Callable[[Array], Any], obs: Array, iters: int) -> float:
     t = time.perf_counter()
     for _ in range(iters):
         fn(obs)
-    return obs.shape[0] * iters / (time.perf_counter() - t)
+    return float(obs.shape[0] * iters / (time.perf_counter() - t))
 
 
 async def agent_numbers(model: relayrl.ModelModule, obs1: Array, obs256: Array, iters: int,
@@ -144,7 +144,7 @@ def main() -> None:
     obs256 = rng.standard_normal((256, 4)).astype(np.float32)
     rows = []
     for fmt in args.formats.split(","):
-        model = export_policy(pi, obs_space=(4,), action_space=relayrl.spaces.Discrete(2), format=fmt,  # type: ignore[arg-type]
+        model = export_policy(pi, obs_space=(4,), action_space=relayrl.spaces.Discrete(2), format=fmt,
                               value_module=vf)
         bare, frame = bare_call(model, fmt, pi, vf), framework_call(model)
         lat_bare, lat_frame = latencies(bare, obs1, iters), latencies(frame, obs1, iters)
