@@ -17,7 +17,8 @@ from ._mlp import ArrayMLPPolicy, parse_npz
 __all__ = ["CupyBackend", "CupyMLPPolicy", "cuda_available", "make_device_head", "to_cupy"]
 
 _INSTALL_HINT = ("install a CuPy wheel matching your CUDA driver: `pip install relayrl-cupy[cuda12]` "
-                 "(cupy-cuda12x) or `pip install relayrl-cupy[cuda13]` (cupy-cuda13x)")
+                 "(cupy-cuda12x[ctk]) or `pip install relayrl-cupy[cuda13]` (cupy-cuda13x[ctk]); with a local "
+                 "CUDA toolkit, [cuda12-local] or [cuda13-local]")
 
 
 def _import_cupy() -> Any:
@@ -66,8 +67,19 @@ class _DeviceState:
         self.cp = cp
         self.index = index
         self.device = cp.cuda.Device(index)
-        with self.device:
-            self.kernels = CupyKernels(cp)
+        try:
+            with self.device:
+                # Compiling the kernels needs NVRTC and the matmuls need cuBLAS: both come with the
+                # CUDA toolkit (or the wheel's [ctk] extra). Find out now, not in the first forward.
+                self.kernels = CupyKernels(cp)
+                probe = cp.ones((2, 2), dtype=cp.float32)
+                self.kernels.bias_act(probe @ probe, cp.zeros(2, dtype=cp.float32), "tanh")
+                cp.cuda.Device(index).synchronize()
+        except Exception as exc:
+            raise BackendUnavailableError(
+                f"CuPy cannot run the relayrl-cupy kernels on cuda:{index} ({type(exc).__name__}: {exc}); "
+                "NVRTC and cuBLAS come with a CUDA toolkit or with the CuPy wheel's [ctk] extra: "
+                f"{_INSTALL_HINT}") from exc
 
     @classmethod
     def get(cls, device: str) -> _DeviceState:
