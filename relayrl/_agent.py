@@ -25,7 +25,7 @@ import math
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
@@ -399,6 +399,7 @@ class Agent:
         self._grace = shutdown_grace
         self._actors: dict[uuid.UUID, Actor] = {}
         self._retired: list[Actor] = []
+        self._background_scopes: set[trio.CancelScope] = set()
         self._shared_cells: dict[str, ModelCell] = {}
         self._stores: dict[Layout, TrajectoryStore] = {}
         self._routers: list[_Router] = []
@@ -662,11 +663,35 @@ class Agent:
         self._next_router += 1
         actor = Actor(id=actor_id, cell=cell, router=router, outbox=send, done=trio.Event())
         self._actors[actor_id] = actor
-        self._nursery.start_soon(self._emitter, actor, recv, name=f"relayrl actor {actor_id}")
+        self._nursery.start_soon(self._background, self._emitter, actor, recv, name=f"relayrl actor {actor_id}")
         return actor
 
-    async def _emitter(self, actor: Actor, recv: trio.MemoryReceiveChannel[Trajectory]) -> None:
+    async def _background(
+        self, fn: Callable[..., Awaitable[None]], *args: Any, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run a background task (router, actor emitter, sink writer) shielded from outside cancellation.
+
+        A cancelled ``async with open_agent()`` block must still shut down gracefully: finish
+        queued requests, flush trajectories and close the sinks, which needs these tasks alive.
+        The agent cancels them itself once the shutdown is over (or its grace period ran out).
+        """
+        with trio.CancelScope(shield=True) as scope:
+            self._background_scopes.add(scope)
+            try:
+                await fn(*args, task_status=task_status)
+            finally:
+                self._background_scopes.discard(scope)
+
+    def _cancel_background(self) -> None:
+        for scope in list(self._background_scopes):
+            scope.cancel()
+
+    async def _emitter(
+        self, actor: Actor, recv: trio.MemoryReceiveChannel[Trajectory],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """The actor's task: put each of its finished trajectories into every sink, in order."""
+        task_status.started()
         try:
             async with recv:
                 async for traj in recv:
@@ -751,7 +776,7 @@ class Agent:
     async def _start_router(self) -> None:
         send, recv = trio.open_memory_channel[_Request](ROUTER_QUEUE_SIZE)
         router = _Router(index=len(self._routers), send=send, recv=recv)
-        await self._nursery.start(self._router_run, router, name=f"relayrl router {router.index}")
+        await self._nursery.start(self._background, self._router_run, router, name=f"relayrl router {router.index}")
         self._routers.append(router)
 
     async def _router_run(self, router: _Router, *, task_status: trio.TaskStatus[None]) -> None:
@@ -1473,7 +1498,7 @@ async def open_agent(
                     description="requests queued per router")
             try:
                 for sink in sink_list:
-                    await nursery.start(sink.run)
+                    await nursery.start(agent._background, sink.run, name=f"relayrl sink {sink!r}")
                 for _ in range(int(routers)):
                     await agent._start_router()
                 if model is not None and model_mode == "shared":
@@ -1488,6 +1513,7 @@ async def open_agent(
                 yield agent
             finally:
                 await agent._shutdown()
+                agent._cancel_background()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as eg:
         only = _unwrap(eg)
