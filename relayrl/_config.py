@@ -19,7 +19,8 @@ hyperparameter is reported with the algorithm's list of known keys.
 .. versionadded:: 0.1
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: TrainConfig is re-exported as ``relayrl.TrainConfig``
+# (its __module__ rewritten), and the key/type checks read its annotations as real objects.
 
 import json
 import math
@@ -40,22 +41,22 @@ TrainMode = Literal["sync", "async"]
 ExportBackend = Literal["numpy", "onnx", "torch"]
 
 
-def _opt_positive_int(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+def _opt_positive_int(inst: Any, attr: Any, value: Any) -> None:
     if value is not None and value < 1:
         raise ConfigError(f"TrainConfig.{attr.name} must be >= 1, got {value!r}")
 
 
-def _positive_int(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+def _positive_int(inst: Any, attr: Any, value: Any) -> None:
     if value < 1:
         raise ConfigError(f"TrainConfig.{attr.name} must be >= 1, got {value!r}")
 
 
-def _finite(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+def _finite(inst: Any, attr: Any, value: Any) -> None:
     if value is not None and not math.isfinite(value):
         raise ConfigError(f"TrainConfig.{attr.name} must be a finite number, got {value!r}")
 
 
-def _non_negative(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+def _non_negative(inst: Any, attr: Any, value: Any) -> None:
     if value < 0:
         raise ConfigError(f"TrainConfig.{attr.name} must be >= 0, got {value!r}")
 
@@ -71,8 +72,9 @@ class TrainConfig:
     .. versionadded:: 0.1
     """
 
-    #: A gymnasium id, or ``"module:callable"`` returning a gymnasium env or a PettingZoo parallel env.
-    env: str
+    #: A gymnasium id, or ``"module:callable"`` returning a gymnasium env or a PettingZoo parallel env
+    #: (library callers may pass anything :func:`relayrl.envs.make` accepts).
+    env: Any
     #: Algorithm name in the ``relayrl.algorithms`` registry.
     algo: str = "ppo"
     #: Parallel environments (None: the algorithm's ``num_envs`` setting, else 8).
@@ -101,7 +103,7 @@ class TrainConfig:
     algo_config: dict[str, Any] = attrs.field(factory=dict, converter=_dict)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         """Build from a mapping (a parsed file), checking every key and value.
 
         Raises:

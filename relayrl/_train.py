@@ -123,8 +123,12 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{_env_label(config.env)}-{config.algo}-s{config.seed}-{stamp}"
 
 
-def prepare_training(config: TrainConfig, *, run_dir: str | os.PathLike[str] | None = None) -> _Prepared:
+def prepare_training(config: TrainConfig, *, run_dir: str | os.PathLike[str] | None = None,
+                     algorithm_class: type[Algorithm] | None = None) -> _Prepared:
     """Resolve a config into an environment and an algorithm (and write the resolved config).
+
+    ``algorithm_class`` overrides the registry lookup of ``config.algo`` (for algorithms that
+    are not installed as plugins).
 
     Raises:
         ConfigError: unknown environment, bad ``env_kwargs``, a bad hyperparameter (named), or a
@@ -133,7 +137,7 @@ def prepare_training(config: TrainConfig, *, run_dir: str | os.PathLike[str] | N
     """
     from . import algorithms, envs
 
-    cls = algorithms.get(config.algo)
+    cls = algorithm_class if algorithm_class is not None else algorithms.get(config.algo)
     env_id = config.env if isinstance(config.env, str) else None
     algo_cfg: dict[str, Any] = {**(cls.preset_for(env_id) if env_id else {}), **config.algo_config}
     fields = attrs.fields_dict(cls.config_class) if attrs.has(cls.config_class) else {}
@@ -277,8 +281,11 @@ async def run_training(prepared: _Prepared, *, progress: bool = False,
     runner_box: list[EnvRunner] = []
     version_box = [0]
 
+    def solved(st: RunnerStatistics) -> bool:
+        return target is not None and st.episodes >= window and st.mean_return >= target
+
     def should_stop(st: RunnerStatistics) -> bool:
-        return st.steps >= total or (target is not None and st.episodes >= window and st.mean_return >= target)
+        return st.steps >= total or solved(st)
 
     def on_update(rec: UpdateRecord) -> None:
         version_box[0] = rec.version
@@ -313,13 +320,15 @@ async def run_training(prepared: _Prepared, *, progress: bool = False,
                     else:
                         base = server.received_steps
                         while not should_stop(runner.statistics()):
-                            steps = min(prepared.rollout, total - runner.statistics().steps)
-                            st = await runner.run(steps, until=should_stop, cut=True)
+                            # Whole rollouts (like SB3, the budget is rounded up to a full rollout).
+                            st = await runner.run(prepared.rollout, until=solved, cut=True)
                             # Every recorded step reaches the server before we decide to wait.
                             await server.wait_for_steps(base + st.agent_steps)
-                            if server.update_pending and not should_stop(st):
+                            if server.update_pending and not solved(st):
+                                # (When the budget ran out, the last rollout is still trained on.)
                                 await server.wait_for_version(server.version + 1)
-                                await agent.update_model(await client.receive_model())
+                                if not should_stop(st):
+                                    await agent.update_model(await client.receive_model())
                     nursery.cancel_scope.cancel()
             stats = runner.statistics()
             await server.wait_for_steps(server.received_steps)
@@ -335,8 +344,7 @@ async def run_training(prepared: _Prepared, *, progress: bool = False,
     wall = time.perf_counter() - start
     if prepared.run_dir is not None:
         await trio.to_thread.run_sync(model.save, prepared.run_dir / "model")
-    solved = target is not None and stats.episodes >= window and stats.mean_return >= target
-    return TrainResult(model=model, history=tuple(metrics.rows), solved=solved, target_return=target,
+    return TrainResult(model=model, history=tuple(metrics.rows), solved=solved(stats), target_return=target,
                        wall_time=wall, steps=stats.steps, episodes=stats.episodes, mean_return=stats.mean_return,
                        run_dir=prepared.run_dir, config=cfg)
 
@@ -344,7 +352,7 @@ async def run_training(prepared: _Prepared, *, progress: bool = False,
 def train(
     env: Any,
     *,
-    algo: str = "ppo",
+    algo: str | type[Algorithm] = "ppo",
     num_envs: int | None = None,
     total_steps: int | None = None,
     target_return: float | None = None,
@@ -368,7 +376,8 @@ def train(
     Args:
         env: A gymnasium id, ``"module:callable"`` (a gymnasium env or PettingZoo parallel env
             factory), or anything :func:`relayrl.envs.make` accepts.
-        algo: Algorithm name (``ppo``, ``reinforce``, ``ippo``, ``mappo`` with relayrl-torch).
+        algo: Algorithm name (``ppo``, ``reinforce``, ``ippo``, ``mappo`` with relayrl-torch), or an
+            :class:`~relayrl.abc.Algorithm` subclass.
         num_envs: Parallel environments (default: the algorithm's setting).
         total_steps: Environment-step budget (default: the algorithm's ``total_steps``).
         target_return: Stop when the mean return of the last ``window`` episodes reaches it
@@ -395,12 +404,14 @@ def train(
 
     .. versionadded:: 0.1
     """
+    algo_cls = algo if isinstance(algo, type) else None
+    name = algo if isinstance(algo, str) else str(getattr(algo, "name", algo.__name__))
     cfg = TrainConfig.from_dict({
-        "env": env, "algo": algo, "num_envs": num_envs, "total_steps": total_steps, "target_return": target_return,
+        "env": env, "algo": name, "num_envs": num_envs, "total_steps": total_steps, "target_return": target_return,
         "seed": seed, "backend": backend, "mode": mode, "window": window, "checkpoint_every": checkpoint_every,
         "tensorboard": tensorboard, "env_kwargs": dict(env_kwargs or {}), "algo_config": dict(config or {}),
     })
-    prepared = prepare_training(cfg, run_dir=run_dir)
+    prepared = prepare_training(cfg, run_dir=run_dir, algorithm_class=algo_cls)
     result: TrainResult = trio.run(lambda: run_training(prepared, progress=progress))
     return result
 
