@@ -554,10 +554,15 @@ async def test_shutdown_flushes_in_progress_trajectories_and_closes() -> None:
 
 async def test_body_exception_propagates_unwrapped_after_flush() -> None:
     sink = MemorySink(10)
-    with pytest.raises(ZeroDivisionError):
+
+    async def body() -> None:
         async with relayrl.open_agent(model(), actors=1, sinks=[sink]) as agent:
             await agent.request_action(agent.actor_ids, obs_for(1))
-            1 / 0  # noqa: B018
+            raise ZeroDivisionError("user error")
+
+    with pytest.raises(ZeroDivisionError, match="user error") as info:
+        await body()
+    assert not isinstance(info.value, BaseExceptionGroup)
     assert len(sink.drain()) == 1
 
 
