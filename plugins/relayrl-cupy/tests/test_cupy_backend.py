@@ -191,6 +191,37 @@ def test_cuda_source_compiles_with_nvcc(tmp_path: Path) -> None:
         assert f".entry {name}(" in ptx
 
 
+def _nvrtc() -> Any:
+    """CuPy's NVRTC bindings when CuPy and an NVRTC library are installed (no GPU needed), else None."""
+    try:
+        from cupy.cuda import nvrtc
+
+        nvrtc.getVersion()
+    except Exception:
+        return None
+    return nvrtc
+
+
+NVRTC = _nvrtc()
+
+
+@pytest.mark.skipif(NVRTC is None, reason="CuPy with an NVRTC library is not installed")
+@pytest.mark.parametrize("arch", ["compute_70", "compute_90"])
+def test_cuda_source_compiles_with_cupys_nvrtc(arch: str) -> None:
+    # NVRTC is what cupy.RawModule uses; unlike nvcc it includes no host headers (no math.h).
+    prog = NVRTC.createProgram(CUDA_SOURCE, "relayrl_cupy.cu", (), ())
+    try:
+        NVRTC.compileProgram(prog, ("-std=c++11", f"-arch={arch}"))
+        ptx = NVRTC.getPTX(prog)
+    except NVRTC.NVRTCError as exc:
+        pytest.fail(f"NVRTC rejected the source: {exc}\n{NVRTC.getProgramLog(prog)}")
+    finally:
+        NVRTC.destroyProgram(prog)
+    text = ptx.decode() if isinstance(ptx, bytes) else str(ptx)
+    for name in relayrl_cupy._kernels.KERNEL_NAMES:
+        assert f".entry {name}(" in text
+
+
 # -- on a GPU -------------------------------------------------------------------------------------
 
 
