@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -63,7 +64,7 @@ def _library() -> ctypes.CDLL:
         src = emulator_source()
         out = Path(tempfile.gettempdir()) / f"relayrl_cupy_emu_{hashlib.sha256(src.encode()).hexdigest()[:16]}.so"
         if not out.exists():
-            tmp = out.with_suffix(f".{id(src)}.tmp")
+            tmp = out.with_suffix(f".{os.getpid()}.tmp")
             subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-x", "c++", "-", "-o", str(tmp)], input=src.encode(),
                            check=True, capture_output=True)
             tmp.replace(out)
