@@ -233,3 +233,15 @@ def test_gaussian_model_log_std_can_be_per_row() -> None:
     assert out.log_std is not None and out.log_std.shape == (5, 2)
     assert GAUSS.log_std is not None
     np.testing.assert_allclose(out.log_std, np.broadcast_to(GAUSS.log_std, (5, 2)), atol=1e-6)
+
+
+def test_observations_of_another_dtype_or_layout_are_accepted() -> None:
+    policy = onnx_module(mlp_onnx(CASE.obs_shape, CASE.pi_layers), value=False).policy()
+    obs = obs_batch(6)
+    expected = policy.forward(obs).logits
+    assert expected is not None
+    np.testing.assert_allclose(policy.forward(obs.astype(np.float64)).logits, expected, atol=1e-6)
+    np.testing.assert_allclose(policy.forward(obs[::-1]).logits, expected[::-1], atol=1e-6)
+    frozen = obs.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(policy.forward(frozen).logits, expected)

@@ -214,7 +214,7 @@ def test_a_declared_value_output_that_the_model_lacks_is_rejected() -> None:
         scripted(PiNetworkOnly(), value=True)
 
 
-def test_observations_of_another_dtype_or_read_only_are_accepted() -> None:
+def test_observations_of_another_dtype_layout_or_read_only_are_accepted() -> None:
     torch.manual_seed(0)
     policy = scripted(LogitsAndForward()).policy()
     obs = obs_batch()
@@ -223,6 +223,8 @@ def test_observations_of_another_dtype_or_read_only_are_accepted() -> None:
     frozen.flags.writeable = False
     np.testing.assert_array_equal(policy.forward(frozen).logits, expected)
     np.testing.assert_allclose(policy.forward(obs.astype(np.float64)).logits, expected, atol=1e-6)
+    np.testing.assert_allclose(policy.forward(obs[::-1]).logits, expected[::-1], atol=1e-6)
+    np.testing.assert_allclose(policy.forward(np.asfortranarray(obs)).logits, expected, atol=1e-6)
 
 
 # -- format detection ---------------------------------------------------------------------------------

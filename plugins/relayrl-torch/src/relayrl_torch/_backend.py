@@ -25,6 +25,7 @@ How the model file is read:
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +47,9 @@ FORMATS = ("torchscript", "export")
 
 Array = npt.NDArray[Any]
 Call = Callable[[torch.Tensor], Any]
+
+# warnings.catch_warnings is process-global state: serialise our loads so they cannot interleave.
+_LOAD_LOCK = threading.Lock()
 
 
 def detect_format(module: ModelModule) -> str:
@@ -189,8 +193,9 @@ class TorchPolicy(Policy):
     def forward(self, obs: Array, mask: npt.NDArray[np.bool_] | None = None) -> HeadOutputs:
         if obs.dtype != self._dtype:
             obs = obs.astype(self._dtype)
-        elif not obs.flags.writeable:
-            obs = obs.copy()  # torch.from_numpy warns on read-only arrays
+        elif not (obs.flags.writeable and obs.flags.c_contiguous):
+            # torch.from_numpy warns on read-only arrays and rejects negative strides
+            obs = np.array(obs, order="C")
         x = torch.from_numpy(obs)
         if not self._cpu:
             x = x.to(self._device)
@@ -242,11 +247,10 @@ class TorchBackend(InferenceBackend):
         dev = _check_device(device)
         ensure_configured()
         fmt = detect_format(module)
-        with warnings.catch_warnings():
-            # TorchScript and torch.export loading are deprecated / noisy in torch 2.13.
+        with _LOAD_LOCK, warnings.catch_warnings():
+            # torch.jit.load is deprecated in torch 2.13 (DeprecationWarning); still what 0.4 models need.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", UserWarning)
             try:
                 if fmt == "torchscript":
                     sm = torch.jit.load(io.BytesIO(module.data), map_location=dev)  # type: ignore[no-untyped-call]

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import io
 import logging
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -25,6 +26,9 @@ EXPORT_FORMATS = ("torchscript", "export", "onnx", "numpy")
 ONNX_INPUT = "obs"
 
 ExportFormat = Literal["torchscript", "export", "onnx", "numpy"]
+
+# Warning filters and logger levels are process-global: one export at a time changes them.
+_EXPORT_LOCK = threading.Lock()
 
 # The activations the numpy MLP can run: torch module type -> (numpy name, required parameters).
 _NUMPY_ACTIVATIONS: dict[type[nn.Module], str] = {
@@ -173,7 +177,7 @@ def _quiet_export() -> Iterator[None]:
     """Silence torch's deprecation warnings and exporter log chatter during an export."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
+    with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
