@@ -19,6 +19,7 @@ it against :class:`ArrayKernels` without a GPU.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -148,7 +149,7 @@ def _to_numpy(a: Any) -> np.ndarray[Any, Any]:
     return np.from_dlpack(a)  # array-api-strict and other CPU Array API libraries
 
 
-class Kernels:
+class Kernels(abc.ABC):
     """The operations a device policy and a device head need, on one array namespace.
 
     Every argument and result is an array of :attr:`xp` unless noted. Subclasses replace
@@ -168,14 +169,15 @@ class Kernels:
         """The array as a numpy array (copying from the device when there is one)."""
         return _to_numpy(a)
 
+    @abc.abstractmethod
     def bias_act(self, x: Any, b: Any, activation: str) -> Any:
         """``activation(x + b)`` for ``x`` ``[B, n]`` and ``b`` ``[n]`` (may overwrite ``x``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def normalize(self, x: Any, mean: Any, std: Any, clip: float) -> Any:
         """``clip((x - mean) / std, -clip, clip)`` with ``mean``/``std`` ``[n]`` (may overwrite ``x``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def categorical(self, logits: Any, col: int, n: int, mask: Any | None, u: Any | None) -> tuple[Any, Any]:
         """Sample one categorical per row over ``logits[:, col:col + n]``.
 
@@ -184,14 +186,13 @@ class Kernels:
         inverse-CDF draw, or ``None`` takes the argmax. Returns ``(act int64 [B], logp float32 [B])``
         with ``act`` relative to ``col``.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def gaussian(
         self, mean: Any, log_std: Any, noise: Any | None, low: Any, high: Any, clip: bool
     ) -> tuple[Any, Any]:
         """``mean + exp(log_std) * noise`` (``mean`` when ``noise`` is None), optionally clipped to
         ``[low, high]``, and the summed log-density of that action. Returns ``(act [B, d], logp [B])``."""
-        raise NotImplementedError
 
 
 class ArrayKernels(Kernels):
@@ -266,15 +267,17 @@ class FusedKernels(Kernels):
     #: Threads per block for every launch.
     threads: int = 256
 
+    @abc.abstractmethod
     def _launch(self, name: str, size: int, args: tuple[Any, ...]) -> None:
-        raise NotImplementedError
+        """Run kernel ``name`` over ``size`` threads (rounded up to whole blocks) with ``args``."""
 
+    @abc.abstractmethod
     def _contig(self, a: Any, dtype: Any) -> Any:
         """``a`` as a C-contiguous array of this namespace with ``dtype`` (no copy if it already is)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
-        raise NotImplementedError
+        """An uninitialised array of this namespace."""
 
     def _blocks(self, size: int) -> int:
         return (size + self.threads - 1) // self.threads
