@@ -19,7 +19,7 @@ __all__ = ["CoopNavEnv", "coop_nav"]
 Array = npt.NDArray[Any]
 
 # stay, up, down, left, right
-_MOVES = np.array([[0, 0], [0, 1], [0, -1], [-1, 0], [1, 0]], dtype=np.int64)
+_MOVES = ((0, 0), (0, 1), (0, -1), (-1, 0), (1, 0))
 
 
 class CoopNavEnv:
@@ -66,10 +66,10 @@ class CoopNavEnv:
         self._act_space = Discrete(5)
         self.state_space = Box(0.0, 1.0, (4 * n,))
         self._rng = np.random.default_rng()
-        self._pos = np.zeros((n, 2), dtype=np.int64)
-        self._landmarks = np.zeros((n, 2), dtype=np.int64)
+        self._pos: list[tuple[int, int]] = [(0, 0)] * n
+        self._landmarks: list[tuple[int, int]] = [(0, 0)] * n
         self._t = 0
-        self._scale = np.float32(1.0 / (self.size - 1))
+        self._scale = 1.0 / (self.size - 1)
         self._others = [[j for j in range(n) if j != i] for i in range(n)]
 
     def observation_space(self, agent: str) -> Box:
@@ -86,43 +86,50 @@ class CoopNavEnv:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         cells = self.size * self.size
-        picks = self._rng.choice(cells, size=2 * self.n_agents, replace=False)
-        self._landmarks = np.stack([picks[: self.n_agents] // self.size, picks[: self.n_agents] % self.size], axis=1)
-        self._pos = np.stack([picks[self.n_agents:] // self.size, picks[self.n_agents:] % self.size], axis=1)
+        picks = self._rng.choice(cells, size=2 * self.n_agents, replace=False).tolist()
+        self._landmarks = [(c // self.size, c % self.size) for c in picks[: self.n_agents]]
+        self._pos = [(c // self.size, c % self.size) for c in picks[self.n_agents:]]
         self._t = 0
         self.agents = list(self.possible_agents)
         return self._observations(), {a: {} for a in self.agents}
 
     def _observations(self) -> dict[str, Array]:
         out: dict[str, Array] = {}
+        scale = self._scale
         for i, agent in enumerate(self.possible_agents):
-            own = self._pos[i]
-            vec = np.concatenate([own, (self._landmarks - own).ravel(), (self._pos[self._others[i]] - own).ravel()])
-            out[agent] = vec.astype(np.float32) * self._scale
+            x, y = self._pos[i]
+            vals = [x, y]
+            for lx, ly in self._landmarks:
+                vals += (lx - x, ly - y)
+            for j in self._others[i]:
+                ox, oy = self._pos[j]
+                vals += (ox - x, oy - y)
+            out[agent] = np.array(vals, dtype=np.float32) * scale
         return out
 
-    def _distances(self) -> Array:
-        # [landmark, agent] grid distances
-        return np.abs(self._landmarks[:, None, :] - self._pos[None, :, :]).sum(axis=2)  # type: ignore[no-any-return]
+    def _min_distances(self) -> list[int]:
+        """For each landmark, the grid (L1) distance to its nearest agent."""
+        return [min(abs(lx - x) + abs(ly - y) for x, y in self._pos) for lx, ly in self._landmarks]
 
     def step(self, actions: dict[str, Any]) -> tuple[dict[str, Array], dict[str, float], dict[str, bool],
                                                      dict[str, bool], dict[str, dict[str, Any]]]:
         """Move every live agent; returns observations, rewards, terminations, truncations, infos."""
         if not self.agents:
             raise RuntimeError("CoopNavEnv.step() called after the episode ended; call reset()")
+        hi = self.size - 1
         for i, agent in enumerate(self.possible_agents):
             a = int(actions.get(agent, 0))
             if not 0 <= a < 5:
                 raise ValueError(f"CoopNavEnv action for {agent} must be in 0..4, got {a}")
-            self._pos[i] = np.clip(self._pos[i] + _MOVES[a], 0, self.size - 1)
+            dx, dy = _MOVES[a]
+            x, y = self._pos[i]
+            self._pos[i] = (min(max(x + dx, 0), hi), min(max(y + dy, 0), hi))
         self._t += 1
-        dist = self._distances()
-        reward = -float(dist.min(axis=1).mean()) * float(self._scale)
+        dist = self._min_distances()
+        reward = -sum(dist) / len(dist) * float(self._scale)
         if self.collision_penalty:
-            cells = self._pos[:, 0] * self.size + self._pos[:, 1]
-            collisions = self.n_agents - len(np.unique(cells))
-            reward -= self.collision_penalty * collisions
-        covered = bool((dist.min(axis=1) == 0).all())
+            reward -= self.collision_penalty * (self.n_agents - len(set(self._pos)))
+        covered = not any(dist)
         if covered:
             reward += 1.0
         truncated = not covered and self._t >= self.max_steps
@@ -138,7 +145,7 @@ class CoopNavEnv:
 
     def state(self) -> Array:
         """Global state: agent positions then landmark positions, divided by ``size - 1``."""
-        return np.concatenate([self._pos.ravel(), self._landmarks.ravel()]).astype(np.float32) * self._scale
+        return np.array([*itertools.chain(*self._pos), *itertools.chain(*self._landmarks)], np.float32) * self._scale
 
     def oracle_actions(self) -> dict[str, int]:
         """Actions of a scripted near-optimal policy (optimal assignment, then greedy moves).
@@ -148,16 +155,18 @@ class CoopNavEnv:
         best: tuple[int, ...] = ()
         best_cost = None
         for perm in itertools.permutations(range(self.n_agents)):
-            cost = int(sum(np.abs(self._landmarks[perm[i]] - self._pos[i]).sum() for i in range(self.n_agents)))
+            cost = sum(abs(self._landmarks[perm[i]][0] - x) + abs(self._landmarks[perm[i]][1] - y)
+                       for i, (x, y) in enumerate(self._pos))
             if best_cost is None or cost < best_cost:
                 best, best_cost = perm, cost
         out: dict[str, int] = {}
         for i, agent in enumerate(self.possible_agents):
-            d = self._landmarks[best[i]] - self._pos[i]
-            if d[0] != 0:
-                out[agent] = 4 if d[0] > 0 else 3
-            elif d[1] != 0:
-                out[agent] = 1 if d[1] > 0 else 2
+            dx = self._landmarks[best[i]][0] - self._pos[i][0]
+            dy = self._landmarks[best[i]][1] - self._pos[i][1]
+            if dx != 0:
+                out[agent] = 4 if dx > 0 else 3
+            elif dy != 0:
+                out[agent] = 1 if dy > 0 else 2
             else:
                 out[agent] = 0
         return out

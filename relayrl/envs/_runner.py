@@ -101,6 +101,8 @@ class EnvRunner:
         self._elapsed = 0.0
         self._mean_return = math.nan
         self._mean_length = math.nan
+        self._sum_return = 0.0  # sums over the window, kept incrementally
+        self._sum_length = 0
         self._last_return = math.nan
 
     @property
@@ -120,12 +122,20 @@ class EnvRunner:
                                 steps_per_second=self._steps / self._elapsed if self._elapsed > 0 else 0.0)
 
     def _record_episodes(self, returns: Array, lengths: Array) -> None:
-        self._returns.extend(returns.tolist())
-        self._lengths.extend(lengths.tolist())
+        window = self._returns.maxlen or 1
+        for r, n in zip(returns.tolist(), lengths.tolist(), strict=True):
+            if len(self._returns) == window:
+                self._sum_return -= self._returns[0]
+                self._sum_length -= self._lengths[0]
+            self._returns.append(r)
+            self._lengths.append(n)
+            self._sum_return += r
+            self._sum_length += n
         self._episodes += len(returns)
         self._last_return = float(returns[-1])
-        self._mean_return = float(np.mean(self._returns))
-        self._mean_length = float(np.mean(self._lengths))
+        k = len(self._returns)
+        self._mean_return = self._sum_return / k
+        self._mean_length = self._sum_length / k
 
     async def run(
         self,

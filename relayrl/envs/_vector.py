@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import ConfigError, ObservationError
-from .._spaces import Box, Space
+from .._spaces import Box, Discrete, Space
 from ._spaces_codec import ActionCodec, ObsCodec, action_codec, obs_codec
 
 __all__ = ["EnvStep", "GymVecEnv", "ParallelVecEnv", "VecEnv", "Vectorization", "make"]
@@ -353,17 +353,25 @@ class ParallelVecEnv(VecEnv):
         obs_shape = self._obs.space.shape
         self._buf_obs = np.zeros((self.num_slots, *obs_shape), dtype=np.float32)
         self._alive = np.zeros(self.num_slots, dtype=bool)
-        self._ret = np.zeros(self.num_slots, dtype=np.float64)
-        self._len = np.zeros(self.num_envs, dtype=np.int64)
+        self._live = [False] * self.num_slots  # the same as _alive, as a list (cheap per-slot access)
+        self._ret = [0.0] * self.num_slots
+        self._len = [0] * self.num_envs
         self._mask: Array | None = None
         self._reset_done = False
         self._closed = False
 
-    def _split(self, raw: Any, info: dict[str, Any] | None) -> tuple[Array, Array | None]:
+    def _split(self, raw: Any, info: dict[str, Any] | None) -> tuple[Any, Array | None]:
+        """(native observation, mask or None) of one agent."""
         if self._dict_obs:
-            return self._obs.encode_one(raw["observation"]), np.asarray(raw["action_mask"], dtype=bool)
+            return raw["observation"], np.asarray(raw["action_mask"], dtype=bool)
         m = None if not info else info.get("action_mask")
-        return self._obs.encode_one(raw), None if m is None else np.asarray(m, dtype=bool)
+        return raw, None if m is None else np.asarray(m, dtype=bool)
+
+    def _encode(self, raws: list[Any]) -> Array:
+        try:
+            return self._obs.encode(np.stack([np.asarray(r) for r in raws]))
+        except (ValueError, IndexError) as exc:
+            raise ObservationError(f"{self.name}: observations do not fit {self._obs.space}: {exc}") from exc
 
     def _set_mask(self, s: int, m: Array | None) -> None:
         if m is None:
@@ -378,19 +386,30 @@ class ParallelVecEnv(VecEnv):
             raise ObservationError(f"{self.name}: action mask of shape {m.shape} for slot {self.slot_labels[s]} "
                                    f"does not fit {self.mask_dim} actions") from exc
 
-    def _reset_env(self, i: int, seed: int | None) -> None:
+    def _reset_env(self, i: int, seed: int | None, rows: list[tuple[int, Any, Array | None]]) -> None:
+        """Reset env ``i``; its slots' first observations are appended to ``rows``."""
         a = len(self._agents)
         obs, infos = self.envs[i].reset(seed=seed)
+        infos = infos or {}
         base = i * a
-        self._buf_obs[base:base + a] = 0.0
-        self._alive[base:base + a] = False
-        self._ret[base:base + a] = 0.0
+        live = self._live
+        for j in range(a):
+            live[base + j] = False
+            self._ret[base + j] = 0.0
         self._len[i] = 0
         for ag, raw in obs.items():
             s = base + self._slot[ag]
-            self._buf_obs[s], m = self._split(raw, (infos or {}).get(ag))
-            self._alive[s] = True
-            self._set_mask(s, m)
+            o, m = self._split(raw, infos.get(ag))
+            rows.append((s, o, m))
+            live[s] = True
+
+    def _write_rows(self, rows: list[tuple[int, Any, Array | None]]) -> None:
+        if rows:
+            idx = [s for s, _, _ in rows]
+            self._buf_obs[idx] = self._encode([o for _, o, _ in rows])
+            for s, _, m in rows:
+                self._set_mask(s, m)
+        self._alive = np.array(self._live, dtype=bool)
 
     def _states(self) -> Array:
         a = len(self._agents)
@@ -418,8 +437,11 @@ class ParallelVecEnv(VecEnv):
             seed = self.seed
         self._reset_done = True
         self._mask = None
+        self._buf_obs[:] = 0.0
+        rows: list[tuple[int, Any, Array | None]] = []
         for i in range(self.num_envs):
-            self._reset_env(i, None if seed is None else seed + i)
+            self._reset_env(i, None if seed is None else seed + i, rows)
+        self._write_rows(rows)
         s = self.num_slots
         return EnvStep(obs=self._buf_obs.copy(), reward=np.zeros(s, np.float32), terminated=np.zeros(s, bool),
                        truncated=np.zeros(s, bool), active=None if self._alive.all() else self._alive.copy(),
@@ -427,72 +449,74 @@ class ParallelVecEnv(VecEnv):
 
     def step(self, actions: Any) -> EnvStep:
         a = len(self._agents)
-        if not self._alive.all():
+        n_slots = self.num_slots
+        live = self._live
+        if not all(live):
             actions = np.array(actions, copy=True)
-            if actions.shape[:1] == (self.num_slots,):
+            if actions.shape[:1] == (n_slots,):
                 actions[~self._alive] = self._act.noop
-        native = self._act.decode(actions, self.num_slots)
-        s_total = self.num_slots
-        reward = np.zeros(s_total, np.float32)
-        terminated = np.zeros(s_total, bool)
-        truncated = np.zeros(s_total, bool)
-        final_obs: Array | None = None
+        native = self._act.decode(actions, n_slots)
+        acts: list[Any] = native.tolist() if isinstance(self._act.space, Discrete) else list(native)
+        reward = [0.0] * n_slots
+        terminated = [False] * n_slots
+        truncated = [False] * n_slots
+        finals: list[tuple[int, Any]] = []  # (slot, native final observation or None)
+        rows: list[tuple[int, Any, Array | None]] = []  # next observations to write
         returns: list[float] = []
         lengths: list[int] = []
         agents = self._agents
+        ret = self._ret
         for i, env in enumerate(self.envs):
             base = i * a
-            act = {ag: native[base + j] for j, ag in enumerate(agents) if self._alive[base + j]}
-            obs, rew, term, trunc, infos = env.step(act)
+            obs, rew, term, trunc, infos = env.step(
+                {ag: acts[base + j] for j, ag in enumerate(agents) if live[base + j]})
             infos = infos or {}
             self._len[i] += 1
-            for ag, r in rew.items():
-                s = base + self._slot[ag]
-                if self._alive[s]:
-                    reward[s] = r
-            ended: list[int] = []
+            env_rows: list[tuple[int, Any, Array | None]] = []
             for j, ag in enumerate(agents):
                 s = base + j
-                if not self._alive[s]:
+                if not live[s]:
                     continue
+                r = float(rew.get(ag, 0.0))
+                reward[s] = r
+                ret[s] += r
                 raw = obs.get(ag)
-                if raw is not None:
-                    o, m = self._split(raw, infos.get(ag))
-                else:
-                    o, m = np.zeros_like(self._buf_obs[s]), None
                 t, u = bool(term.get(ag, False)), bool(trunc.get(ag, False))
-                if not (t or u) and raw is None:
+                if raw is None and not (t or u):
                     u = True  # the env dropped a live agent without saying why: cut short
                 if t or u:
                     terminated[s] = t
                     truncated[s] = u and not t
-                    if final_obs is None:
-                        final_obs = np.zeros_like(self._buf_obs)
-                    final_obs[s] = o
-                    ended.append(s)
+                    finals.append((s, None if raw is None else self._split(raw, None)[0]))
+                    live[s] = False
                 else:
-                    self._buf_obs[s] = o
-                    self._set_mask(s, m)
-            self._ret[base:base + a] += reward[base:base + a]
-            for s in ended:
-                self._alive[s] = False
-                self._buf_obs[s] = 0.0
-            if not self._alive[base:base + a].any() or not getattr(env, "agents", True):
-                still = np.flatnonzero(self._alive[base:base + a]) + base
-                for k in still:  # the env ended while these agents were live: truncated
-                    truncated[k] = True
-                    if final_obs is None:
-                        final_obs = np.zeros_like(self._buf_obs)
-                    final_obs[k] = self._buf_obs[k]
-                returns.append(float(self._ret[base:base + a].mean()))
-                lengths.append(int(self._len[i]))
-                self._reset_env(i, None)
-        active = None if self._alive.all() else self._alive.copy()
-        return EnvStep(obs=self._buf_obs.copy(), reward=reward, terminated=terminated, truncated=truncated,
+                    o, m = self._split(raw, infos.get(ag))
+                    env_rows.append((s, o, m))
+            if env_rows and getattr(env, "agents", True):
+                rows += env_rows
+                continue
+            for s, o, _ in env_rows:  # the env ended while these agents were live: truncated
+                truncated[s] = True
+                finals.append((s, o))
+                live[s] = False
+            returns.append(sum(ret[base:base + a]) / a)
+            lengths.append(int(self._len[i]))
+            self._reset_env(i, None, rows)
+        final_obs: Array | None = None
+        if finals:
+            final_obs = np.zeros_like(self._buf_obs)
+            have = [(s, o) for s, o in finals if o is not None]
+            if have:
+                final_obs[[s for s, _ in have]] = self._encode([o for _, o in have])
+            self._buf_obs[[s for s, _ in finals]] = 0.0
+        self._write_rows(rows)
+        active = None if all(live) else self._alive.copy()
+        return EnvStep(obs=self._buf_obs.copy(), reward=np.array(reward, np.float32),
+                       terminated=np.array(terminated, bool), truncated=np.array(truncated, bool),
                        final_obs=final_obs, active=active, mask=None if self._mask is None else self._mask.copy(),
                        state=self._states(),
-                       episode_returns=np.asarray(returns, dtype=np.float64) if returns else _EMPTY_F,
-                       episode_lengths=np.asarray(lengths, dtype=np.int64) if lengths else _EMPTY_I,
+                       episode_returns=np.array(returns, dtype=np.float64) if returns else _EMPTY_F,
+                       episode_lengths=np.array(lengths, dtype=np.int64) if lengths else _EMPTY_I,
                        env_steps=self.num_envs)
 
     def close(self) -> None:
