@@ -217,12 +217,16 @@ class TrainingServer:
 
     # -- publishing and checkpoints ---------------------------------------------------------------------
 
+    def _record_published(self, version: int) -> None:
+        # Written *before* the model goes out (in the same worker-thread call as train and
+        # export): after a crash, a restarted server never reuses a version clients may have.
+        if self.checkpoint_dir is not None:
+            _write_json(self.checkpoint_dir / PUBLISHED_FILE, {"version": version})
+
     async def _publish(self, model: ModelModule, version: int) -> None:
         model = model.with_version(version)
         await self.transport_server.publish_model(model)
         self._model, self._version = model, version
-        if self.checkpoint_dir is not None:
-            await trio.to_thread.run_sync(_write_json, self.checkpoint_dir / PUBLISHED_FILE, {"version": version})
         self._version_changed.set()
         self._version_changed = trio.Event()
 
@@ -341,9 +345,15 @@ class TrainingServer:
         steps, self._steps_since = self._steps_since, 0
         span = self._telemetry.start_span(SPAN_TRAIN_EPOCH, {ATTR_MODEL_VERSION: next_version, ATTR_STEPS: steps})
         t0 = time.perf_counter()
+        def work() -> tuple[Mapping[str, float], ModelModule]:
+            # One worker-thread hand-over per update: each costs up to a GIL switch interval.
+            stats = self.algorithm.train()
+            model = self.algorithm.export_model(version=next_version)
+            self._record_published(next_version)
+            return stats, model
+
         try:
-            stats = await trio.to_thread.run_sync(self.algorithm.train)
-            model = await trio.to_thread.run_sync(lambda: self.algorithm.export_model(version=next_version))
+            stats, model = await trio.to_thread.run_sync(work)
         except BaseException as exc:
             self._telemetry.end_span(span, exc)
             raise
@@ -412,8 +422,13 @@ async def open_training_server(
                                 keep_checkpoints=keep_checkpoints, telemetry=Telemetry.create(tracer_provider),
                                 on_update=on_update)
         initial = await server._resume()
-        model = await trio.to_thread.run_sync(lambda: algorithm.export_model(version=initial))
-        await server._publish(model, initial)
+
+        def first() -> ModelModule:
+            model = algorithm.export_model(version=initial)
+            server._record_published(initial)
+            return model
+
+        await server._publish(await trio.to_thread.run_sync(first), initial)
         clean = False
         try:
             with unwrap_single_group():
