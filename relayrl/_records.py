@@ -62,8 +62,8 @@ STEP_FIELDS: Final = ("obs", "act", "reward", "done", "logp", "value", "model_ve
 EXTRA_PREFIX: Final = "extra."
 
 Array = npt.NDArray[Any]
-#: (column name, dtype string, per-step shape) for every per-step column, then the final_obs spec.
-Signature = tuple[tuple[tuple[str, str, tuple[int, ...]], ...], tuple[str, tuple[int, ...]]]
+#: (column name, dtype, per-step shape) for every per-step column, then the final_obs (dtype, shape).
+Signature = tuple[tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...], tuple[np.dtype[Any], tuple[int, ...]]]
 
 
 def require_pyarrow() -> Any:
@@ -86,6 +86,30 @@ def _step_columns(traj: Trajectory) -> Iterator[tuple[str, Array]]:
         yield EXTRA_PREFIX + name, traj.extras[name]
 
 
+#: The dtypes files can hold, once checked (a cache: ``signature`` runs in every ``put``).
+_DTYPES_OK: set[np.dtype[Any]] = set()
+
+
+def _check_dtype(name: str, dtype: np.dtype[Any]) -> np.dtype[Any]:
+    if dtype not in _DTYPES_OK:
+        if dtype.kind not in "biuf" or not dtype.isnative:
+            raise ValueError(f"trajectory column {name!r} has dtype {dtype}; file sinks store native bool, int, "
+                             "uint and float arrays")
+        _DTYPES_OK.add(dtype)
+    return dtype
+
+
+def _spec(name: str, arr: object, steps: int) -> tuple[str, np.dtype[Any], tuple[int, ...]]:
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"trajectory column {name!r} must be a numpy array, got {type(arr).__name__}")
+    shape = arr.shape
+    if not shape or shape[0] != steps:
+        raise ValueError(f"trajectory column {name!r} has shape {shape}, expected {steps} steps")
+    if len(shape) > 1 and 0 in shape[1:]:
+        raise ValueError(f"trajectory column {name!r} has a zero-sized per-step shape {shape[1:]}")
+    return name, _check_dtype(name, arr.dtype), shape[1:]
+
+
 def signature(traj: Trajectory) -> Signature:
     """The dtypes and shapes that decide which file (schema) a trajectory goes to.
 
@@ -93,37 +117,29 @@ def signature(traj: Trajectory) -> Signature:
         ValueError: If a column is not a numpy array, has an unsupported dtype, a length other
             than the trajectory's, or a zero-sized per-step shape.
     """
-    steps = len(traj)
-    cols = []
-    for name, arr in _step_columns(traj):
-        if not isinstance(arr, np.ndarray):
-            raise ValueError(f"trajectory column {name!r} must be a numpy array, got {type(arr).__name__}")
-        if arr.ndim == 0 or arr.shape[0] != steps:
-            raise ValueError(f"trajectory column {name!r} has shape {arr.shape}, expected {steps} steps")
-        _check_dtype(name, arr.dtype)
-        shape = tuple(int(d) for d in arr.shape[1:])
-        if shape and 0 in shape:
-            raise ValueError(f"trajectory column {name!r} has a zero-sized per-step shape {shape}")
-        cols.append((name, arr.dtype.str, shape))
+    reward = traj.reward
+    if not isinstance(reward, np.ndarray) or reward.ndim == 0:
+        raise ValueError(f"trajectory column 'reward' must be a 1-d numpy array, got {type(reward).__name__}")
+    steps = reward.shape[0]
+    cols = [_spec("obs", traj.obs, steps), _spec("act", traj.act, steps), _spec("reward", reward, steps),
+            _spec("done", traj.done, steps), _spec("logp", traj.logp, steps), _spec("value", traj.value, steps),
+            _spec("model_version", traj.model_version, steps)]
+    if traj.mask is not None:
+        cols.append(_spec("mask", traj.mask, steps))
+    if traj.extras:
+        cols.extend(_spec(EXTRA_PREFIX + k, traj.extras[k], steps) for k in sorted(traj.extras))
     final = traj.final_obs
     if final is None:
-        final_spec = (cols[0][1], cols[0][2])
+        final_spec = cols[0][1:]
     else:
         if not isinstance(final, np.ndarray):
             raise ValueError(f"final_obs must be a numpy array, got {type(final).__name__}")
-        _check_dtype("final_obs", final.dtype)
         if 0 in final.shape:
             raise ValueError(f"final_obs has a zero-sized shape {final.shape}")
-        final_spec = (final.dtype.str, tuple(int(d) for d in final.shape))
-    if not isinstance(traj.env_id, str | None):
+        final_spec = (_check_dtype("final_obs", final.dtype), final.shape)
+    if traj.env_id is not None and not isinstance(traj.env_id, str):
         raise ValueError(f"env_id must be a str or None, got {type(traj.env_id).__name__}")
     return tuple(cols), final_spec
-
-
-def _check_dtype(name: str, dtype: np.dtype[Any]) -> None:
-    if dtype.kind not in "biuf" or not dtype.isnative:
-        raise ValueError(f"trajectory column {name!r} has dtype {dtype}; file sinks store native bool, int, "
-                         "uint and float arrays")
 
 
 def _arrow_array(pa: Any, flat: Array, shape: tuple[int, ...]) -> Any:
@@ -162,8 +178,8 @@ class Encoder:
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "run_id": run_id,
-            "columns": {name: {"dtype": dtype, "shape": list(shape)} for name, dtype, shape in cols},
-            "final_obs": {"dtype": final_dtype, "shape": list(final_shape)},
+            "columns": {name: {"dtype": dtype.str, "shape": list(shape)} for name, dtype, shape in cols},
+            "final_obs": {"dtype": final_dtype.str, "shape": list(final_shape)},
         }
         self.meta_json = json.dumps(meta, separators=(",", ":"))
         self.schema = pa.schema(fields, metadata={META_KEY: self.meta_json.encode()})
@@ -178,21 +194,25 @@ class Encoder:
         rows = int(rows_per.sum())
         starts = np.zeros(n, dtype=np.int64)
         np.cumsum(rows_per[:-1], out=starts[1:])
-        idx = np.repeat(np.arange(n), rows_per)
-        step = (np.arange(rows, dtype=np.int64) - starts[idx]).astype(np.int32)
+        # Trajectory-level values repeated once per row: np.repeat is much faster than fancy indexing.
+        step = np.arange(rows, dtype=np.int32) - np.repeat(starts.astype(np.int32), rows_per)
         if has_empty:
             step[starts[lengths == 0]] = -1
-        ids = np.frombuffer(b"".join(t.actor_id.bytes for t in trajs), dtype=np.uint8).reshape(n, 16)
+        ids = np.frombuffer(b"".join([t.actor_id.bytes for t in trajs]), dtype=np.complex128)  # 16 bytes each
+
+        def per_row(values: Iterator[Any], dtype: Any) -> Any:
+            return pa.array(np.repeat(np.fromiter(values, dtype=dtype, count=n), rows_per))
+
         arrays = [
-            pa.array(np.asarray(first_seq, dtype=np.int64)[idx]),
+            pa.array(np.repeat(np.asarray(first_seq, dtype=np.int64), rows_per)),
             pa.array(step),
-            pa.array(lengths.astype(np.int32)[idx]),
-            pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows, [None, pa.py_buffer(ids[idx].tobytes())]),
-            pa.array(np.fromiter((t.episode for t in trajs), dtype=np.int64, count=n)[idx]),
-            pa.array([t.env_id for t in trajs], type=pa.string()).take(pa.array(idx)),
-            pa.array(np.fromiter((t.truncated for t in trajs), dtype=bool, count=n)[idx]),
-            pa.array(np.fromiter((t.start_time for t in trajs), dtype=np.float64, count=n)[idx]),
-            pa.array(np.fromiter((t.end_time for t in trajs), dtype=np.float64, count=n)[idx]),
+            pa.array(np.repeat(lengths.astype(np.int32), rows_per)),
+            pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows, [None, pa.py_buffer(np.repeat(ids, rows_per))]),
+            per_row((t.episode for t in trajs), np.int64),
+            _repeat_strings(pa, [t.env_id for t in trajs], rows_per, rows),
+            per_row((t.truncated for t in trajs), bool),
+            per_row((t.start_time for t in trajs), np.float64),
+            per_row((t.end_time for t in trajs), np.float64),
         ]
         cols, (final_dtype, final_shape) = self.sig
         for name, dtype, shape in cols:
@@ -246,6 +266,24 @@ class Encoder:
                 arrays.append(col)
                 names.append(name)
         return pa.Table.from_arrays(arrays, names=names)
+
+
+def _repeat_strings(pa: Any, values: list[str | None], repeats: Array, rows: int) -> Any:
+    """A string array holding ``values[i]`` ``repeats[i]`` times, built from buffers (``take`` is slow)."""
+    if all(v is None for v in values):
+        return pa.nulls(rows, pa.string())
+    encoded = [b"" if v is None else v.encode() for v in values]
+    lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
+    offsets = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(np.repeat(lengths, repeats), out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise ValueError("env_id strings exceed 2 GiB in one record batch")
+    data = b"".join([e * int(r) for e, r in zip(encoded, repeats)])
+    validity = None
+    if any(v is None for v in values):
+        valid = np.repeat(np.fromiter((v is not None for v in values), dtype=bool, count=len(values)), repeats)
+        validity = pa.array(valid).buffers()[1]
+    return pa.StringArray.from_buffers(rows, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data), validity)
 
 
 def _column(traj: Trajectory, name: str) -> Array:
