@@ -4,6 +4,7 @@ checking, the CUDA source compiling, and (on a GPU) the conformance kit and devi
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,16 @@ def test_backend_class() -> None:
     backend = relayrl.backends.get("cupy")
     assert isinstance(backend, CupyBackend)
     assert backend.distribution == "relayrl-cupy"
+
+
+@pytest.mark.skipif(not os.environ.get("RELAYRL_REQUIRE_GPU"), reason="set RELAYRL_REQUIRE_GPU=1 where a GPU must work")
+def test_gpu_is_usable_where_required() -> None:
+    # On a GPU machine the GPU tests would otherwise skip quietly if CuPy could not start; this
+    # fails instead, with CuPy's reason (missing wheel, driver mismatch, NVRTC/cuBLAS missing).
+    from relayrl_cupy._backend import _DeviceState
+
+    _DeviceState.get("cuda")
+    assert relayrl_cupy.cuda_available()
 
 
 # -- without a GPU: clear errors -----------------------------------------------------------------

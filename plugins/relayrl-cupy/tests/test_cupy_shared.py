@@ -105,14 +105,15 @@ def test_forward_matches_numpy_backend(kernels: Kernels, case: ReferenceCase, ba
         np.testing.assert_allclose(got[name], expected, atol=1e-5, rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("obs_clip", [1.5, None])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_every_activation_and_obs_normalisation(kernels: Kernels, activation: str) -> None:
+def test_every_activation_and_obs_normalisation(kernels: Kernels, activation: str, obs_clip: float | None) -> None:
     rng = np.random.default_rng(11)
     layers = [(rng.normal(0, 1, (8, 6)).astype(np.float32), rng.normal(0, 0.5, 8).astype(np.float32)),
               (rng.normal(0, 1, (3, 8)).astype(np.float32), rng.normal(0, 0.5, 3).astype(np.float32))]
     vf = [(rng.normal(0, 1, (1, 6)).astype(np.float32), np.zeros(1, np.float32))]
     module = numpy_mlp((2, 3), Discrete(3), layers, value_layers=vf, activation=activation,
-                       obs_mean=rng.normal(0, 1, 6), obs_std=rng.uniform(0.5, 2, 6), obs_clip=1.5)
+                       obs_mean=rng.normal(0, 1, 6), obs_std=rng.uniform(0.5, 2, 6), obs_clip=obs_clip)
     obs = rng.normal(0, 3, (257, 2, 3)).astype(np.float32)  # many values beyond the clip
     ref = _host_outputs(kernels, module.policy().forward(obs))
     got = _host_outputs(kernels, _policy(module, kernels).forward(obs))
