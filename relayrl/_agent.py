@@ -80,6 +80,9 @@ ROUTER_QUEUE_SIZE: Final = 4096
 CONCURRENCY_WINDOW: Final = 0.0005
 #: Longest time (s) a loop of inline requests runs without a trio schedule point.
 SCHEDULE_INTERVAL: Final = 0.0005
+#: Models whose file is at most this big (bytes) are loaded and validated on the event loop;
+#: bigger ones in a worker thread.
+INLINE_LOAD_BYTES: Final = 256 * 1024
 #: Trajectories queued per actor between the hot path and its emitter task.
 OUTBOX_SIZE: Final = 64
 
@@ -241,6 +244,7 @@ class _Request:
     deterministic: bool
     extras: dict[str, Array] | None
     task: trio.lowlevel.Task
+    key: tuple[Any, ...]
     result: tuple[Array, Array, Array, Array] | None = None
     error: BaseException | None = None
     abandoned: bool = False
@@ -475,8 +479,15 @@ class Agent:
     async def _load(self, model: ModelModule, device: str) -> tuple[Any, Any, Layout]:
         if not isinstance(model, ModelModule):
             raise TypeError(f"expected a relayrl.ModelModule, got {type(model).__name__}")
-        # Loading and validating can take a while for big models: keep the event loop serving.
-        policy = await trio.to_thread.run_sync(model.policy, device)
+        if len(model.data) <= INLINE_LOAD_BYTES:
+            # Small models load and validate in well under a millisecond: doing it here is
+            # much faster than a worker thread, which must win the GIL from a busy event loop
+            # (up to sys.getswitchinterval(), 5 ms, per hand-over).
+            policy = model.policy(device)
+            await trio.lowlevel.checkpoint()
+        else:
+            # Loading and validating can take a while for big models: keep the event loop serving.
+            policy = await trio.to_thread.run_sync(model.policy, device)
         head = make_head(model.metadata)
         return policy, head, make_layout(model, head)
 
@@ -667,7 +678,8 @@ class Agent:
         return actor
 
     async def _background(
-        self, fn: Callable[..., Awaitable[None]], *args: Any, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+        self, fn: Callable[..., Awaitable[None]], *args: Any,
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run a background task (router, actor emitter, sink writer) shielded from outside cancellation.
 
@@ -938,7 +950,10 @@ class Agent:
             ids = [ids]
         try:
             if len(ids) == 1:
-                actor = self._actor(ids[0])
+                try:
+                    actor = self._actors[ids[0]]
+                except (KeyError, TypeError):
+                    actor = self._actor(ids[0])  # raises UnknownActorError
                 # Batch dynamically when requests come from several tasks at once: other tasks are
                 # queued to run, or another task made an inline request moments ago. A lone caller
                 # is served inline (no routing cost).
@@ -947,7 +962,28 @@ class Agent:
                 if (len(self._runq) or now < self._batching_until
                         or (task is not self._inline_task and now - self._inline_time < CONCURRENCY_WINDOW)):
                     self._batching_until = now + CONCURRENCY_WINDOW
-                    return await self._request_routed(actor, obs, mask, reward, deterministic, extras, t0)
+                    req = self._make_request(actor, task, obs, mask, reward, deterministic, extras)
+                    router: _Router = actor.router
+                    try:
+                        router.send.send_nowait(req)
+                    except trio.WouldBlock:
+                        await router.send.send(req)
+                    except trio.ClosedResourceError:
+                        raise AgentClosedError("the agent is closed") from None
+
+                    def abort(_: Any) -> trio.lowlevel.Abort:
+                        # Cancelled before the router served it: the router skips it, nothing is recorded.
+                        req.abandoned = True
+                        return trio.lowlevel.Abort.SUCCEEDED
+
+                    # The router reschedules this task once the batch is served (cheaper than an Event).
+                    await trio.lowlevel.wait_task_rescheduled(abort)
+                    if req.error is not None:
+                        raise req.error
+                    act, logp, value, version = req.result  # type: ignore[misc]
+                    if self._metering:
+                        self._record_request(t0, 1)
+                    return ActionBatch([actor.id], act, logp, value, version)
                 self._inline_task = task
                 self._inline_time = now
                 batch, emits = self._request_one(actor, obs, mask, reward, deterministic, extras)
@@ -1179,47 +1215,30 @@ class Agent:
         store.pos[sl] = p + 1
         self._n_steps += len(sl)
 
-    async def _request_routed(
-        self, actor: Actor, obs: Any, mask: Any, reward: Any, deterministic: bool,
-        extras: Mapping[str, Any] | None, t0: float,
-    ) -> ActionBatch:
-        """Queue a validated single-actor request to the actor's router and wait for the batch."""
+    def _make_request(
+        self, actor: Actor, task: trio.lowlevel.Task, obs: Any, mask: Any, reward: Any, deterministic: bool,
+        extras: Mapping[str, Any] | None,
+    ) -> _Request:
+        """A validated single-actor request for the actor's router."""
         h = actor.cell.handle
         if h is None:
             raise NoModelError(f"actor {actor.id} has no model yet (give one to open_agent, new_actor or "
                                "update_model)")
         lay = h.layout
-        req = _Request(
+        ex = None if extras is None else _as_extras(extras, 1)
+        m = None if mask is None else _as_mask(mask, 1, lay)
+        r = None if reward is None else _scalar_reward(reward)
+        det = bool(deterministic)
+        return _Request(
             actor=actor,
             obs=_as_obs(obs, 1, lay, check_finite=False),  # checked per batch by the router
-            mask=None if mask is None else _as_mask(mask, 1, lay),
-            reward=None if reward is None else _scalar_reward(reward),
-            deterministic=bool(deterministic),
-            extras=None if extras is None else _as_extras(extras, 1),
-            task=trio.lowlevel.current_task(),
+            mask=m,
+            reward=r,
+            deterministic=det,
+            extras=ex,
+            task=task,
+            key=(det, m is None, r is None, None if ex is None else tuple(sorted(ex))),
         )
-        router: _Router = actor.router
-        try:
-            router.send.send_nowait(req)
-        except trio.WouldBlock:
-            await router.send.send(req)
-        except trio.ClosedResourceError:
-            raise AgentClosedError("the agent is closed") from None
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            # Cancelled before the router served it: the router skips it, nothing is recorded.
-            req.abandoned = True
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        # The router reschedules this task once the batch is served (cheaper than an Event).
-        await trio.lowlevel.wait_task_rescheduled(abort)
-        if req.error is not None:
-            raise req.error
-        assert req.result is not None
-        act, logp, value, version = req.result
-        if self._metering:
-            self._record_request(t0, 1)
-        return ActionBatch([actor.id], act, logp, value, version)
 
     def _serve_requests(self, batch: list[_Request], router: _Router, emits: list[tuple[Actor, Trajectory]]) -> None:
         """Serve a router's drained requests: as few forward batches as possible, errors to their callers."""
@@ -1231,18 +1250,20 @@ class Agent:
                 req.error = UnknownActorError(f"actor {req.actor.id} was removed")
                 continue
             pending.append(req)
+        if not pending:
+            return
+        key = pending[0].key
+        if all(req.key == key for req in pending) and len({id(req.actor) for req in pending}) == len(pending):
+            self._serve_sub(pending, router, emits)  # the usual case: one batch
+            return
         while pending:
             # One sub-batch per kind of request; an actor appears at most once per sub-batch.
-            first = pending[0]
-            key = (first.deterministic, first.mask is None, first.reward is None,
-                   None if first.extras is None else tuple(sorted(first.extras)))
+            key = pending[0].key
             sub: list[_Request] = []
             rest: list[_Request] = []
             seen: set[int] = set()
             for req in pending:
-                k = (req.deterministic, req.mask is None, req.reward is None,
-                     None if req.extras is None else tuple(sorted(req.extras)))
-                if k == key and id(req.actor) not in seen:
+                if req.key == key and id(req.actor) not in seen:
                     seen.add(id(req.actor))
                     sub.append(req)
                 else:
