@@ -77,8 +77,11 @@ def _check_trajectory(traj: object) -> Trajectory:
 class SinkStatistics:
     """A snapshot of a sink's counters, returned by :meth:`TrajectorySink.statistics`.
 
-    Every trajectory handed to :meth:`~TrajectorySink.put` and accepted ends up in exactly one
-    of ``written``, ``dropped``, ``queued`` or ``abandoned``.
+    For a sink with a writer (files, transport) every trajectory handed to
+    :meth:`~TrajectorySink.put` ends up in exactly one of ``written``, ``dropped``, ``queued`` or
+    ``abandoned`` (or was refused with an exception). For :class:`MemorySink`, ``written`` counts
+    the trajectories stored, ``dropped`` the ones rejected (``"drop_newest"``) or evicted later
+    (``"drop_oldest"``), and ``queued`` the ones held now.
 
     .. versionadded:: 0.1
     """
