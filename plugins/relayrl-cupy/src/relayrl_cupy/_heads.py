@@ -63,10 +63,13 @@ class _DeviceCategorical(Head):
             raise ModelError(f"logits have shape {tuple(logits.shape)}, expected (batch, {self._bounds[-1]})")
         batch = int(logits.shape[0])
         m = None if mask is None else k.to_device(_check_mask(mask, batch, self._bounds))
+        components = len(self._bounds) - 1
+        # One draw and one copy for all components: rng.random((C, B)) gives exactly the numbers
+        # of C successive rng.random(B) calls, which is what relayrl's host heads make.
+        u_all = None if deterministic else k.to_device(rng.random((components, batch), dtype=np.float64))
         acts, logps = [], []
-        for lo, hi in zip(self._bounds[:-1], self._bounds[1:]):
-            u = None if deterministic else k.to_device(rng.random(batch, dtype=np.float64))
-            a, lp = k.categorical(logits, lo, hi - lo, m, u)
+        for i, (lo, hi) in enumerate(zip(self._bounds[:-1], self._bounds[1:])):
+            a, lp = k.categorical(logits, lo, hi - lo, m, None if u_all is None else u_all[i, :])
             acts.append(a)
             logps.append(lp)
         if len(acts) == 1:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,9 @@ import numpy.typing as npt
 from relayrl import BackendUnavailableError, ModelError, ModelModule
 from relayrl.abc import HeadOutputs, InferenceBackend, Policy
 from relayrl.spaces import Space
+
+if TYPE_CHECKING:
+    from relayrl.testing import ReferenceCase
 
 __all__ = ["ACTIVATIONS", "FORMAT", "JsonMLPBackend", "JsonMLPPolicy", "export_json_mlp", "from_reference_case"]
 
@@ -178,7 +181,7 @@ def export_json_mlp(
                               version=version, validate=validate)
 
 
-def from_reference_case(case: Any, *, validate: bool = False) -> ModelModule:
+def from_reference_case(case: ReferenceCase, *, validate: bool = False) -> ModelModule:
     """Export a :class:`relayrl.testing.ReferenceCase` (the conformance kit's reference MLPs)."""
     return export_json_mlp(case.obs_shape, case.action_space, case.pi_layers, value_layers=case.value_layers,
                            activation=case.activation, log_std=case.log_std, validate=validate)
