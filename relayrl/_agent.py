@@ -1229,9 +1229,13 @@ class Agent:
         m = None if mask is None else _as_mask(mask, 1, lay)
         r = None if reward is None else _scalar_reward(reward)
         det = bool(deterministic)
+        if type(obs) is np.ndarray and obs.shape == lay.obs_shape and obs.dtype == lay.obs_dtype:
+            o = obs[None]  # the common case, validated in three comparisons
+        else:
+            o = _as_obs(obs, 1, lay, check_finite=False)  # finiteness is checked per batch by the router
         return _Request(
             actor=actor,
-            obs=_as_obs(obs, 1, lay, check_finite=False),  # checked per batch by the router
+            obs=o,
             mask=m,
             reward=r,
             deterministic=det,
