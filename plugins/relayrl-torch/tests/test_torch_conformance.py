@@ -117,3 +117,26 @@ class TestRelayRL04Conformance(BackendConformance):
 
     def convert(self, case: ReferenceCase) -> ModelModule:
         return legacy_module(case)
+
+
+def standalone_network_module(case: ReferenceCase) -> ModelModule:
+    """A RelayRL 0.4 policy network scripted by itself: forward(obs, mask) returns (probs, logits)."""
+    import io
+
+    pi = torch_mlp(case.pi_layers, case.activation, len(case.obs_shape) > 1)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(_Distribution(pi)), buf)
+    return ModelModule.create(backend="torch", model_file="policy_network.pt", data=buf.getvalue(),
+                              obs_shape=case.obs_shape, action_space=case.action_space)
+
+
+class TestRelayRL04NetworkConformance(BackendConformance):
+    """The same network saved without its step() wrapper: served through its own _distribution()."""
+
+    backend = "torch"
+    cases: ClassVar[tuple[str, ...]] = ("discrete-relu-novalue",)
+
+    def convert(self, case: ReferenceCase) -> ModelModule:
+        module = standalone_network_module(case)
+        assert module.policy().entry == "_distribution"
+        return module

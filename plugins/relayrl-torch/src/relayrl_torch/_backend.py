@@ -8,8 +8,10 @@ How the model file is read:
 * the method that computes the head parameters is picked in this order (first match wins):
 
   1. a ``logits(obs)`` method;
-  2. ``forward(obs)`` (or ``forward(obs, mask)``: it then gets an all-ones float mask);
-  3. RelayRL 0.4 policies (``step(obs, mask)`` scripts such as ``PolicyWithoutBaseline``):
+  2. a RelayRL 0.4 policy network saved by itself (it has ``_distribution``; its ``forward``
+     returns ``(probs, logits, logp)``): ``_distribution(obs, mask)``;
+  3. ``forward(obs)`` (or ``forward(obs, mask)``: it then gets an all-ones float mask);
+  4. RelayRL 0.4 policies (``step(obs, mask)`` scripts such as ``PolicyWithoutBaseline``):
      ``policy._distribution(obs, mask)``, whose second result is the logits (an all-ones mask
      is passed, so they are unmasked), then a ``pi_network`` submodule (of the module or of its
      ``policy``);
@@ -123,26 +125,32 @@ def _with_mask(fn: Callable[..., Any], n_args: int, out_dim: int, what: str) -> 
     raise ModelError(f"{what} takes {n_args} required arguments; relayrl can call it with (obs) or (obs, mask)")
 
 
+def _distribution_logits(dist: Callable[..., Any], out_dim: int) -> Call:
+    def logits(x: torch.Tensor) -> Any:
+        # (probs, logits); the all-ones mask leaves the logits unmasked (relayrl masks them itself).
+        return dist(x, _ones_mask(x, out_dim))[1]
+
+    return logits
+
+
 def _torchscript_entry(sm: Any, module: ModelModule) -> tuple[Call, str]:
     meta = module.metadata
     out_dim = meta.output.shape[0]
     methods = _script_methods(sm)
-    for name in ("logits", "forward"):
-        if name in methods:
-            method = getattr(sm, name)
-            return _with_mask(method, _required_args(method), out_dim, f"{name}()"), name
+    if "logits" in methods:
+        return _with_mask(sm.logits, _required_args(sm.logits), out_dim, "logits()"), "logits"
     policy = getattr(sm, "policy", None) if "policy" in dict(sm.named_children()) else None
-    if policy is not None and "_distribution" in _script_methods(policy):
+    # A RelayRL 0.4 policy network saved by itself has _distribution() next to a forward() that
+    # returns (probs, logits, logp): read its _distribution() rather than misread that tuple.
+    for owner, prefix in ((sm, ""), (None if "forward" in methods else policy, "policy.")):
+        if owner is None or "_distribution" not in _script_methods(owner):
+            continue
         if meta.policy_head != "categorical":
             raise ModelError(f"RelayRL 0.4 policies are served with a categorical head, but the metadata "
                              f"declares {meta.policy_head!r}")
-        dist = policy._distribution
-
-        def distribution_logits(x: torch.Tensor) -> Any:
-            # (probs, logits); the all-ones mask leaves the logits unmasked (relayrl masks them itself).
-            return dist(x, _ones_mask(x, out_dim))[1]
-
-        return distribution_logits, "policy._distribution"
+        return _distribution_logits(owner._distribution, out_dim), prefix + "_distribution"
+    if "forward" in methods:
+        return _with_mask(sm.forward, _required_args(sm.forward), out_dim, "forward()"), "forward"
     for owner, prefix in ((sm, ""), (policy, "policy.")):
         if owner is None:
             continue
