@@ -99,6 +99,113 @@ class Collector:
         return float(np.mean(r)) if r else float("nan")
 
 
+class MultiCollector:
+    """``num_envs`` PettingZoo-style parallel envs; every agent of every env is one actor (shared policy).
+
+    Each trajectory carries the agent id in ``env_id`` and the env's global ``state()`` per step
+    in ``extras["state"]``. An episode's return is the mean over its agents.
+    """
+
+    def __init__(self, make_env: Callable[[], Any], num_envs: int, seed: int = 0) -> None:
+        self.envs = [make_env() for _ in range(num_envs)]
+        self.rng = np.random.default_rng(seed + 777)
+        self.obs = [env.reset(seed=seed * 1000 + i)[0] for i, env in enumerate(self.envs)]
+        self.ids: dict[tuple[int, str], uuid.UUID] = {}
+        self.episode = [0] * num_envs
+        self.ep_return: list[dict[str, float]] = [{} for _ in range(num_envs)]
+        self.episode_returns: list[float] = []
+        self.total_steps = 0
+
+    def _id(self, i: int, agent: str) -> uuid.UUID:
+        return self.ids.setdefault((i, agent), uuid.uuid4())
+
+    def collect(self, model: ModelModule | None, n_steps: int) -> list[Trajectory]:
+        """Step every env ``n_steps`` times (``model=None``: uniformly random actions, nothing returned)."""
+        policy = None if model is None else model.policy()
+        head = None if model is None else relayrl.make_head(model.metadata)
+        version = 0 if model is None else (model.version or 0)
+        cols: dict[tuple[int, str], dict[str, list[Any]]] = {}
+        out: list[Trajectory] = []
+        for step in range(n_steps):
+            keys = [(i, a) for i, env in enumerate(self.envs) for a in env.agents]
+            obs = np.stack([np.asarray(self.obs[i][a], np.float32) for i, a in keys])
+            states = [np.asarray(env.state(), np.float32) for env in self.envs]
+            if policy is None or head is None:
+                act = np.array([relayrl.spaces.from_gymnasium(self.envs[i].action_space(a)).sample(self.rng)
+                                for i, a in keys])
+                logp = np.zeros(len(keys), np.float32)
+            else:
+                act, logp = head.sample(policy.forward(obs), self.rng)
+            actions: list[dict[str, Any]] = [{} for _ in self.envs]
+            for k, (i, a) in enumerate(keys):
+                actions[i][a] = int(act[k])
+            results = [env.step(actions[i]) for i, env in enumerate(self.envs)]
+            for k, (i, a) in enumerate(keys):
+                nxt, rew, term, trunc, _ = results[i]
+                c = cols.setdefault((i, a), {"obs": [], "act": [], "reward": [], "done": [], "logp": [], "state": []})
+                c["obs"].append(obs[k])
+                c["act"].append(act[k])
+                c["reward"].append(float(rew[a]))
+                c["done"].append(bool(term[a]))
+                c["logp"].append(float(logp[k]))
+                c["state"].append(states[i])
+                self.ep_return[i][a] = self.ep_return[i].get(a, 0.0) + float(rew[a])
+                ended = bool(term[a] or trunc[a])
+                if ended or step == n_steps - 1:
+                    if policy is not None:
+                        out.append(self._emit(i, a, cols.pop((i, a)), version, term=bool(term[a]),
+                                              final_obs=None if term[a] else nxt[a]))
+                    else:
+                        cols.pop((i, a))
+            for i, env in enumerate(self.envs):
+                if not env.agents:
+                    self.episode_returns.append(float(np.mean(list(self.ep_return[i].values()))))
+                    self.ep_return[i] = {}
+                    self.episode[i] += 1
+                    self.obs[i] = env.reset()[0]
+                else:
+                    self.obs[i] = results[i][0]
+            self.total_steps += len(self.envs)
+        return out
+
+    def _emit(self, i: int, agent: str, c: dict[str, list[Any]], version: int, *, term: bool,
+              final_obs: Any) -> Trajectory:
+        t = len(c["reward"])
+        return Trajectory(
+            obs=np.asarray(c["obs"], dtype=np.float32), act=np.asarray(c["act"], dtype=np.int64),
+            reward=np.asarray(c["reward"], dtype=np.float32), done=np.asarray(c["done"], dtype=bool),
+            logp=np.asarray(c["logp"], dtype=np.float32), value=np.full(t, np.nan, np.float32),
+            model_version=np.full(t, version, dtype=np.int64), actor_id=self._id(i, agent),
+            episode=self.episode[i], env_id=agent, truncated=not term,
+            final_obs=None if final_obs is None else np.asarray(final_obs, dtype=np.float32),
+            extras={"state": np.asarray(c["state"], dtype=np.float32)},
+        )
+
+    def mean_return(self, last: int) -> float:
+        """Mean of the last ``last`` episode returns."""
+        r = self.episode_returns[-last:]
+        return float(np.mean(r)) if r else float("nan")
+
+
+def run_multi(algo: Algorithm, make_env: Callable[[], Any], max_steps: int, *, seed: int = 0) -> MultiCollector:
+    """Train a multi-agent ``algo`` for ``max_steps`` env steps; return the collector (episode returns)."""
+    cfg = algo.config
+    col = MultiCollector(make_env, cfg.num_envs, seed)
+    while col.total_steps < max_steps:
+        for traj in col.collect(algo.export_model(), cfg.n_steps):
+            algo.receive_trajectory(traj)
+        algo.train()
+    return col
+
+
+def random_multi_return(make_env: Callable[[], Any], episodes: int, seed: int = 0) -> float:
+    """Mean episode return (mean over agents) of uniformly random actions."""
+    col = MultiCollector(make_env, 4, seed)
+    while len(col.episode_returns) < episodes:
+        col.collect(None, 25)
+    return float(np.mean(col.episode_returns[:episodes]))
+
+
 def run(
     algo: Algorithm,
     env_id: str | Callable[[], gym.Env[Any, Any]],
