@@ -32,6 +32,13 @@ def _model(seed: int) -> relayrl.ModelModule:
     return relayrl.mlp_policy(4, relayrl.spaces.Discrete(2), hidden=(64, 64), seed=seed)
 
 
+class _SwapState:
+    def __init__(self) -> None:
+        self.target = -1
+        self.t0 = 0.0
+        self.done = trio.Event()
+
+
 async def swap_run(mode: str, swaps: int, with_swaps: bool = True) -> tuple[list[float], float, int]:
     """Swap latencies (s), the longest gap between consecutive hot-loop requests (s), requests made."""
     bundles = [_model(seed).to_bytes() for seed in range(1, swaps + 1)]
@@ -42,7 +49,7 @@ async def swap_run(mode: str, swaps: int, with_swaps: bool = True) -> tuple[list
     async with relayrl.open_agent(_model(0), actors=N_ACTORS, model_mode=mode, seed=0,  # type: ignore[arg-type]
                                   max_traj_length=100_000) as agent:
         ids = agent.actor_ids
-        state = {"target": -1, "t0": 0.0, "done": trio.Event()}
+        state = _SwapState()
         stop = False
 
         async def hot_loop() -> None:
@@ -54,22 +61,22 @@ async def swap_run(mode: str, swaps: int, with_swaps: bool = True) -> tuple[list
                 max_gap = max(max_gap, now - last)
                 last = now
                 requests += 1
-                if state["target"] >= 0 and (batch.model_version == state["target"]).all():
-                    latencies.append(now - state["t0"])  # type: ignore[operator]
-                    state["target"] = -1
-                    state["done"].set()  # type: ignore[union-attr]
+                if state.target >= 0 and (batch.model_version == state.target).all():
+                    latencies.append(now - state.t0)
+                    state.target = -1
+                    state.done.set()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hot_loop)
             await trio.sleep(0.05)
             for k, data in enumerate(bundles):
                 if with_swaps:
-                    state["done"] = trio.Event()
-                    state["t0"] = time.perf_counter()
-                    state["target"] = k + 1
+                    state.done = trio.Event()
+                    state.t0 = time.perf_counter()
+                    state.target = k + 1
                     module = relayrl.ModelModule.from_bytes(data, validate=False)  # just received
                     await agent.update_model(module)
-                    await state["done"].wait()  # type: ignore[union-attr]
+                    await state.done.wait()
                 await trio.sleep(0.002)
             stop = True
     return latencies, max_gap, requests

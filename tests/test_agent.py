@@ -222,7 +222,7 @@ async def test_parity_with_direct_sampling_numpy_backend() -> None:
             act, logp = head.sample(out, rng)
             np.testing.assert_array_equal(got.act, act)
             np.testing.assert_allclose(got.logp, logp, rtol=1e-6)
-            np.testing.assert_allclose(got.value, out.value, rtol=1e-6)  # type: ignore[arg-type]
+            np.testing.assert_allclose(got.value, out.value, rtol=1e-6)
             # a single actor, inline, draws from the same generator too
             one = await agent.request_action(agent.actor_ids[2:3], o[2])
             act1, _ = head.sample(policy.forward(o[2:3]), rng)

@@ -54,7 +54,11 @@ def collect(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
 
 
 def total(points: list[Any], **attrs: Any) -> float:
-    return sum(p.value for p in points if all(p.attributes.get(k) == v for k, v in attrs.items()))
+    return float(sum(p.value for p in points if all(p.attributes.get(k) == v for k, v in attrs.items())))
+
+
+def attr(span: Any, key: str) -> Any:
+    return dict(span.attributes or {})[key]
 
 
 async def test_infer_and_refresh_spans(traces: tuple[TracerProvider, InMemorySpanExporter]) -> None:
@@ -72,8 +76,8 @@ async def test_infer_and_refresh_spans(traces: tuple[TracerProvider, InMemorySpa
         tel.ATTR_BATCH_SIZE: 5, tel.ATTR_ACTOR_COUNT: 5, tel.ATTR_MODEL_VERSION: 0, tel.ATTR_BACKEND: "numpy",
         tel.ATTR_DEVICE: "cpu", tel.ATTR_OUTCOME: tel.OUTCOME_OK,
     }
-    assert sorted((s.attributes or {})[tel.ATTR_BATCH_SIZE] for s in infer[1:]) == [2, 3]
-    assert sorted((s.attributes or {})[tel.ATTR_MODEL_VERSION] for s in infer[1:]) == [0, 1]
+    assert sorted(attr(s, tel.ATTR_BATCH_SIZE) for s in infer[1:]) == [2, 3]
+    assert sorted(attr(s, tel.ATTR_MODEL_VERSION) for s in infer[1:]) == [0, 1]
     (r,) = refresh
     attrs = dict(r.attributes or {})
     assert attrs[tel.ATTR_ACTOR_COUNT] == 2 and attrs[tel.ATTR_MODEL_VERSION] == 1
@@ -158,9 +162,8 @@ async def test_router_batches_are_traced(traces: tuple[TracerProvider, InMemoryS
                 nursery.start_soon(one, actor_id)
         routed = agent.statistics().routed_requests
     spans = [s for s in exporter.get_finished_spans() if s.name == tel.SPAN_INFER_POLICY]
-    assert sum((s.attributes or {})[tel.ATTR_BATCH_SIZE] for s in spans) == 8
-    assert routed == sum((s.attributes or {})[tel.ATTR_BATCH_SIZE] for s in spans
-                         if tel.ATTR_ROUTER in (s.attributes or {}))
+    assert sum(attr(s, tel.ATTR_BATCH_SIZE) for s in spans) == 8
+    assert routed == sum(attr(s, tel.ATTR_BATCH_SIZE) for s in spans if tel.ATTR_ROUTER in (s.attributes or {}))
     assert routed > 0
 
 
