@@ -12,7 +12,9 @@ What travels how:
 * acknowledgements and inference replies: straight into the client's state (they are tiny and
   bounded by the client's own outstanding batches and requests);
 * models: as :meth:`~relayrl.ModelModule.to_bytes` bundles, verified on arrival, through a
-  latest-wins slot (a slow client skips intermediate versions).
+  latest-wins slot (a slow client skips intermediate versions). The message also carries the
+  published object: when the verified bundle equals it, the client gets that object, whose
+  loaded policy is cached, so an update costs no second load and validation.
 
 .. versionadded:: 0.1
 """
@@ -447,7 +449,7 @@ class _InprocServer(TransportServer):
     async def publish_model(self, model: ModelModule) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the transport server is closed")
-        update = ModelUpdate.from_model(model)
+        update = ModelUpdate.from_model(model, in_process=True)
         if update.version <= self.model_version:
             raise ModelError(f"model versions must increase: got {update.version} after {self.model_version}")
         self._latest = update

@@ -122,17 +122,21 @@ class ModelUpdate:
     version: int
     #: :meth:`ModelModule.to_bytes` of the model (integrity-protected by its sha256).
     bundle: bytes
+    #: In-process transports only (never serialised): the published object itself. When the
+    #: bundle decodes to a module equal to it, :meth:`model` returns this object, whose loaded
+    #: policy is already cached, instead of a copy that would load and validate again.
+    source: ModelModule | None = attrs.field(default=None, eq=False, repr=False)
 
     @classmethod
-    def from_model(cls, model: ModelModule) -> ModelUpdate:
-        """Pack a model that carries a version.
+    def from_model(cls, model: ModelModule, *, in_process: bool = False) -> ModelUpdate:
+        """Pack a model that carries a version (``in_process`` keeps a reference to it as :attr:`source`).
 
         Raises:
             ModelError: the model has no version.
         """
         if model.version is None:
             raise ModelError("a published model needs a version (use ModelModule.with_version)")
-        return cls(version=model.version, bundle=model.to_bytes())
+        return cls(version=model.version, bundle=model.to_bytes(), source=model if in_process else None)
 
     def model(self, *, validate: bool = False) -> ModelModule:
         """Unpack the bundle, verifying its checksum (and the stamped version).
@@ -141,9 +145,13 @@ class ModelUpdate:
             IntegrityError: the bundle is corrupted.
             ModelError: it describes an invalid model, or its version differs from :attr:`version`.
         """
-        module = ModelModule.from_bytes(self.bundle, validate=validate)
+        module = ModelModule.from_bytes(self.bundle, validate=False)
         if module.version != self.version:
             raise ModelError(f"model bundle carries version {module.version}, message says {self.version}")
+        if self.source is not None and module == self.source:
+            module = self.source
+        if validate:
+            module.validate()
         return module
 
 

@@ -344,3 +344,18 @@ async def test_transport_sink_drop_policies_count_drops() -> None:
             await oldest.aclose()
             assert oldest.statistics().written == 2
             nursery.cancel_scope.cancel()
+
+
+async def test_in_process_updates_reuse_the_published_object_only_after_verification() -> None:
+    published = policy(4).with_version(1)
+    published.validate()
+    t = transports.InprocTransport()
+    async with t.open_server() as server, t.open_client() as client:
+        await server.publish_model(published)
+        assert await client.receive_model() is published  # verified, equal: the loaded policy is reused
+    tampered = ModelUpdate(version=1, bundle=published.to_bytes()[:-1] + b"\x00", source=published)
+    with pytest.raises(relayrl.IntegrityError):
+        tampered.model()
+    other = ModelUpdate(version=1, bundle=policy(5).with_version(1).to_bytes(), source=published)
+    got = other.model()
+    assert got is not published and got == policy(5).with_version(1)
