@@ -1399,7 +1399,8 @@ class Agent:
             for router in self._routers:
                 router.send.close()
             for router in self._routers:
-                await router.done.wait()
+                if not router.done.is_set():  # (waiting on a set Event would still cost a scheduler pass)
+                    await router.done.wait()
             # Phase 2: every non-empty in-progress trajectory is emitted as truncated.
             now = time.time()
             emits: list[tuple[Actor, Trajectory]] = []
@@ -1413,7 +1414,8 @@ class Agent:
             for actor in self._actors.values():
                 actor.outbox.close()
             for actor in [*self._actors.values(), *self._retired]:
-                await actor.done.wait()
+                if not actor.done.is_set():
+                    await actor.done.wait()
             # Phase 3: sinks drain and close.
             for sink in self._sinks:
                 await sink.aclose()
