@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,14 +40,19 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_relayrl(seed: int) -> dict[str, object]:
     script = Path(sys.executable).with_name("relayrl")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "relayrl"]
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _child_cpu()
         proc = subprocess.run([*cmd, "train", "CartPole-v1", "--seed", str(seed), "--run-dir", f"{tmp}/run",
                                "--no-progress"], capture_output=True, text=True, env=_env(), check=False)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, _child_cpu() - c0
     if proc.returncode != 0:
         raise RuntimeError(f"relayrl train failed:\n{proc.stderr}")
     m = re.search(r"^(solved|finished) CartPole-v1 in ([\d.]+) s: mean return ([-\d.na/]+) .* after ([\d,]+) steps",
@@ -54,18 +60,19 @@ def run_relayrl(seed: int) -> dict[str, object]:
     if m is None:
         raise RuntimeError(f"unexpected relayrl output:\n{proc.stdout}")
     return {"solved": m.group(1) == "solved", "steps": int(m.group(4).replace(",", "")),
-            "train_s": float(m.group(2)), "wall_s": wall, "mean_return": m.group(3)}
+            "train_s": float(m.group(2)), "wall_s": wall, "cpu_s": cpu, "mean_return": m.group(3)}
 
 
 def run_sb3(seed: int) -> dict[str, object]:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _child_cpu()
     proc = subprocess.run([sys.executable, __file__, "--sb3-worker", str(seed)], capture_output=True, text=True,
                           env=_env(), check=False)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _child_cpu() - c0
     if proc.returncode != 0:
         raise RuntimeError(f"SB3 run failed:\n{proc.stderr[-3000:]}")
     result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall_s"] = wall
+    result["cpu_s"] = cpu
     return result
 
 
@@ -132,10 +139,13 @@ def main() -> None:
         for name, fn in runs:
             r = fn(seed)
             rows.append([name, seed, "yes" if r["solved"] else "no", r["steps"], r["mean_return"],
-                         round(float(r["train_s"]), 1), round(float(r["wall_s"]), 1)])
+                         round(float(r["train_s"]), 1), round(float(r["wall_s"]), 1), round(float(r["cpu_s"]), 1)])
             print(f"{name} seed {seed}: {r}", flush=True)
     table(f"CartPole-v1 time to solve (mean of last {WINDOW} >= {TARGET:g}), whole process, 1 thread",
-          ["framework", "seed", "solved", "env steps", "final mean-100", "train s", "process wall s"], rows)
+          ["framework", "seed", "solved", "env steps", "final mean-100", "train s", "process wall s",
+           "process CPU s"], rows)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+          "(CPU s = user + system time of the process: less sensitive to other load than wall time)")
 
 
 if __name__ == "__main__":

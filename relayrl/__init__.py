@@ -25,6 +25,7 @@ from ._errors import ModelError as ModelError
 from ._errors import NoModelError as NoModelError
 from ._errors import ObservationError as ObservationError
 from ._errors import PluginUnavailableError as PluginUnavailableError
+from ._errors import ProtocolError as ProtocolError
 from ._errors import RelayRLError as RelayRLError
 from ._errors import SinkError as SinkError
 from ._errors import UnknownActorError as UnknownActorError

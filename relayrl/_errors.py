@@ -16,6 +16,7 @@ __all__ = [
     "NoModelError",
     "ObservationError",
     "PluginUnavailableError",
+    "ProtocolError",
     "RelayRLError",
     "SinkError",
     "UnknownActorError",
@@ -119,6 +120,16 @@ class ConfigError(RelayRLError, ValueError):
 
 class AgentClosedError(RelayRLError, RuntimeError):
     """The agent (or one of its sinks) was used after it was shut down.
+
+    .. versionadded:: 0.1
+    """
+
+
+class ProtocolError(RelayRLError, ValueError):
+    """A transport frame is malformed, truncated, of another wire version or of an unknown type.
+
+    Raised by :func:`relayrl._wire.decode` (the message names the bad field); a transport drops
+    the frame and keeps serving.
 
     .. versionadded:: 0.1
     """
