@@ -18,3 +18,18 @@ __all__ = [
     "CoopNavEnv", "EnvRunner", "EnvStep", "GymVecEnv", "ParallelVecEnv", "RunnerStatistics", "VecEnv",
     "coop_nav", "make",
 ]
+
+
+def _fixup_module_metadata() -> None:
+    # Show public names as relayrl.envs.X in reprs, tracebacks and docs.
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("relayrl.envs._"):
+            try:
+                obj.__module__ = "relayrl.envs"
+            except (AttributeError, TypeError):
+                pass
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata
