@@ -139,7 +139,18 @@ def signature(traj: Trajectory) -> Signature:
         final_spec = (_check_dtype("final_obs", final.dtype), final.shape)
     if traj.env_id is not None and not isinstance(traj.env_id, str):
         raise ValueError(f"env_id must be a str or None, got {type(traj.env_id).__name__}")
+    if not isinstance(traj.actor_id, uuid.UUID):
+        raise ValueError(f"actor_id must be a uuid.UUID, got {type(traj.actor_id).__name__}")
+    episode = traj.episode
+    if not isinstance(episode, int | np.integer) or not _INT64_MIN <= episode <= _INT64_MAX:
+        raise ValueError(f"episode must be an int64, got {episode!r}")
+    if not isinstance(traj.start_time, float | int) or not isinstance(traj.end_time, float | int):
+        raise ValueError(f"start_time and end_time must be numbers, got {traj.start_time!r}, {traj.end_time!r}")
     return tuple(cols), final_spec
+
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
 
 
 def _arrow_array(pa: Any, flat: Array, shape: tuple[int, ...]) -> Any:
@@ -449,7 +460,8 @@ def _read_csv(file: str) -> tuple[Any, dict[str, Any]]:
     table = pcsv.read_csv(
         file,
         read_options=pcsv.ReadOptions(skip_rows=1, block_size=1 << 24),
-        convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True,
+        # Only an empty unquoted field is null ("nan" is a float, a quoted "" an empty env_id).
+        convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True,
                                             quoted_strings_can_be_null=False),
     )
     missing = set(types) - set(table.column_names)
@@ -518,7 +530,8 @@ def _decode(table: Any, meta: dict[str, Any], file: str) -> list[tuple[str, int,
         size = int(np.prod(fshape))
         cols = [table.column(f"final_obs.{k}").take(pa.array(last)) for k in range(size)]
         present = ~np.asarray(cols[0].is_null().to_numpy(zero_copy_only=False)) if cols else np.zeros(0, bool)
-        fin = np.stack([np.asarray(c.fill_null(0).to_numpy(zero_copy_only=False)) for c in cols], axis=1)
+        fin = np.stack([np.asarray(c.fill_null(False if pa.types.is_boolean(c.type) else 0)
+                                   .to_numpy(zero_copy_only=False)) for c in cols], axis=1)
         fin = fin.astype(fdtype, copy=False).reshape(len(last), *fshape)
         final_obs = [fin[i] if present[i] else None for i in range(len(last))]
     else:

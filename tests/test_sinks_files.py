@@ -253,6 +253,11 @@ async def test_cancelled_writer_closes_its_files_and_counts_the_rest(
         (lambda t: setattr(t, "logp", list(t.logp)), "numpy"),
         (lambda t: t.extras.update(s=np.zeros((3, 0), np.float32)), "zero-sized"),
         (lambda t: setattr(t, "final_obs", "x"), "final_obs"),
+        (lambda t: setattr(t, "final_obs", np.zeros((4, 0))), "final_obs"),
+        (lambda t: setattr(t, "env_id", 3), "env_id"),
+        (lambda t: setattr(t, "actor_id", "a"), "actor_id"),
+        (lambda t: setattr(t, "episode", 2**64), "episode"),
+        (lambda t: setattr(t, "start_time", None), "start_time"),
     ],
 )
 async def test_malformed_trajectory_is_rejected_at_put(bad: Any, match: str, tmp_path: Path) -> None:
