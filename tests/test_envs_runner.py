@@ -294,3 +294,30 @@ async def test_runner_stops_when_the_agent_closes() -> None:
         await runner.run(10)
     with pytest.raises(relayrl.AgentClosedError):
         await runner.run(10)
+
+
+async def test_a_failing_env_step_cuts_with_reward_zero_and_one_run_at_a_time() -> None:
+    class Broken(CountEnv):
+        def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, object]]:
+            if self.t == 2:
+                raise RuntimeError("env broke")
+            return super().step(action)
+
+    sink = MemorySink(100)
+    env = E.make(Broken(10))
+    async with relayrl.open_agent(_policy(1), seed=0, sinks=[sink]) as agent:
+        runner = E.EnvRunner(env, agent)
+        with pytest.raises(RuntimeError, match="env broke"):
+            await runner.run(10, cut=False)
+        busy = E.EnvRunner(E.make(CountEnv(10)), agent)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(busy.run)
+            await trio.lowlevel.checkpoint()
+            with pytest.raises(trio.BusyResourceError):
+                await busy.run(5)
+            nursery.cancel_scope.cancel()
+        ids = runner.actor_ids
+    (traj,) = _by_actor(sink.drain())[ids[0]]
+    # steps at t=0 and t=1 earned 1 and 2; the step recorded at t=2 never happened: reward 0
+    assert traj.obs[:, 0].tolist() == [0.0, 1.0, 2.0] and traj.reward.tolist() == [1.0, 2.0, 0.0]
+    assert traj.truncated

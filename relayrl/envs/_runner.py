@@ -101,6 +101,7 @@ class EnvRunner:
         self._elapsed = 0.0
         self._mean_return = math.nan
         self._mean_length = math.nan
+        self._running = False
         self._sum_return = 0.0  # sums over the window, kept incrementally
         self._sum_length = 0
         self._last_return = math.nan
@@ -155,18 +156,30 @@ class EnvRunner:
                 keeping the current observation as ``final_obs``) so that every recorded step
                 reaches the sinks with its reward. With ``cut=False`` the trajectories stay open
                 and the next :meth:`run` continues them (the pending rewards are credited then).
-                A cancelled run always cuts (within :data:`CUT_GRACE` seconds, shielded).
+                A cancelled or failed run always cuts (within :data:`CUT_GRACE` seconds, shielded);
+                a step recorded by the agent whose environment step did not happen gets reward 0.
 
         Returns:
             The statistics at the end.
 
         Raises:
             ConfigError: bad ``steps``.
+            trio.BusyResourceError: another task is inside :meth:`run`.
             AgentClosedError: the agent closed.
             ObservationError, ModelError: the agent rejected a request (the model does not fit the env).
         """
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
             raise ConfigError(f"steps must be an int >= 0 or None, got {steps!r}")
+        if self._running:
+            raise trio.BusyResourceError("EnvRunner.run() is already running in another task")
+        self._running = True
+        try:
+            return await self._run(steps, until, on_episodes, cut)
+        finally:
+            self._running = False
+
+    async def _run(self, steps: int | None, until: Callable[[RunnerStatistics], bool] | None,
+                   on_episodes: Callable[[Array, Array], None] | None, cut: bool) -> RunnerStatistics:
         agent = self.agent
         env = self.env
         if self._ids is None:
@@ -233,7 +246,7 @@ class EnvRunner:
                         on_episodes(nxt.episode_returns, nxt.episode_lengths)
         except BaseException as exc:
             self._elapsed += time.perf_counter() - start
-            if cut and not isinstance(exc, AgentClosedError) and not agent.closed:
+            if not isinstance(exc, AgentClosedError) and not agent.closed:
                 with trio.move_on_after(CUT_GRACE, shield=True):
                     await self._cut(zero_last=recorded)
             raise

@@ -669,6 +669,8 @@ def make(env: Any, *, num_envs: int = 1, seed: int | None = None, vectorization:
         raise ConfigError(f"vectorization must be one of {', '.join(_VECTORIZATIONS)}, got {vectorization!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
         raise ConfigError(f"seed must be an int or None, got {seed!r}")
+    if seed is not None:
+        seed = int(seed)
     kwargs = dict(env_kwargs or {})
     if isinstance(env, str):
         if not env:
