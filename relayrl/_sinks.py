@@ -546,19 +546,15 @@ class _BufferedSink(TrajectorySink):
                 self._in_flight = 0
                 self._written += len(batch)
                 self._steps_written += sum(len(t) for _, _, t in batch)
-        except BaseException as exc:
-            self._abandoned += self._in_flight + len(self._queue)
-            self._in_flight = 0
-            self._queue.clear()
-            self._queued_steps = 0
-            if isinstance(exc, SinkError):
-                self._error = exc
-            elif isinstance(exc, Exception):
-                self._error = SinkError(f"writing to {self._describe()} failed: {type(exc).__name__}: {exc}")
-                self._error.__cause__ = exc
-            if self._abandoned:
-                logger.error("%s: %d trajectories were not written (%s)", self._describe(), self._abandoned,
-                             "cancelled" if self._error is None else self._error)
+        except SinkError as exc:
+            self._abandon(exc)
+            raise
+        except Exception as exc:  # a bug or an unexpected library error: still a typed error, nothing silent
+            error = SinkError(f"writing to {self._describe()} failed: {type(exc).__name__}: {exc}")
+            self._abandon(error)
+            raise error from exc
+        except BaseException:  # cancelled
+            self._abandon(None)
             raise
         finally:
             try:
@@ -571,6 +567,17 @@ class _BufferedSink(TrajectorySink):
             finally:
                 self._finished.set()
                 self._space.unpark_all()
+
+    def _abandon(self, error: SinkError | None) -> None:
+        """The writer stops early: count what it will never write."""
+        self._error = error
+        self._abandoned += self._in_flight + len(self._queue)
+        self._in_flight = 0
+        self._queue.clear()
+        self._queued_steps = 0
+        if self._abandoned:
+            logger.error("%s: %d trajectories were not written (%s)", self._describe(), self._abandoned,
+                         "cancelled" if error is None else error)
 
     async def aclose(self) -> None:
         self._closing = True

@@ -434,3 +434,30 @@ def test_importing_the_sinks_does_not_import_pyarrow() -> None:
 
 def test_actor_ids_survive(tmp_path: Path) -> None:
     assert len(set(ACTORS)) == 4
+
+
+@pytest.mark.parametrize("overflow", ["block", "drop_oldest", "drop_newest"])
+async def test_many_producers_small_queue(overflow: str, tmp_path: Path) -> None:
+    """8 producers against a 2-slot queue: every trajectory is written or counted, each producer's in order."""
+    sink = ArrowSink(tmp_path, capacity=2, overflow=overflow, flush_interval=0)  # type: ignore[arg-type]
+    per_producer = 25
+
+    async def producer(p: int) -> None:
+        for i in range(per_producer):
+            await sink.put(make_traj(1 + i % 3, actor=p % 4, episode=p * 1000 + i, seed=i))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.run)
+        async with trio.open_nursery() as producers:
+            for p in range(8):
+                producers.start_soon(producer, p)
+        await sink.aclose()
+    stats = sink.statistics()
+    back = read_trajectories(tmp_path)
+    assert stats.written == len(back) and stats.queued == 0 and stats.abandoned == 0
+    assert stats.written + stats.dropped == 8 * per_producer
+    if overflow == "block":
+        assert stats.dropped == 0
+    for p in range(8):
+        episodes = [t.episode for t in back if t.episode // 1000 == p]
+        assert episodes == sorted(episodes)
