@@ -6,8 +6,8 @@ The embedded default wires the real components together over the in-process tran
          ^                        ^                                              |
          +------ actions ---------+------- model updates (handshake, broadcast) -+
 
-In the default ``"sync"`` mode, collection runs one rollout of ``n_steps`` per environment
-(the algorithm's setting), ends the open trajectories there (truncated, with the final
+In the default ``"sync"`` mode, collection runs one rollout of ``algorithm.steps_per_update``
+recorded steps (PPO: ``num_envs * n_steps``), ends the open trajectories there (truncated, with the final
 observation for bootstrapping), waits until the server has received every step, and -- if the
 algorithm started an update -- waits for the new model before collecting again. That is the
 classic on-policy loop (no step is collected with a stale policy) and the fastest stable one.
@@ -156,8 +156,8 @@ def prepare_training(config: TrainConfig, *, run_dir: str | os.PathLike[str] | N
     try:
         target = config.target_return if config.target_return is not None else env.reward_threshold
         algorithm = cls(env.observation_space, env.action_space, config=algo_cfg, seed=config.seed)
-        n_steps = getattr(resolved, "n_steps", None)
-        rollout = int(n_steps) * env.num_envs if n_steps else max(int(algorithm.steps_per_update), env.num_envs)
+        # A rollout is what one update consumes, in recorded (agent) steps: the algorithm's own rule.
+        rollout = max(int(algorithm.steps_per_update), 1)
         full_algo = attrs.asdict(algorithm.config) if attrs.has(type(algorithm.config)) else dict(algo_cfg)
         final = attrs.evolve(config, num_envs=int(num_envs), total_steps=int(total), target_return=target,
                              algo_config=full_algo)
@@ -319,16 +319,25 @@ async def run_training(prepared: _Prepared, *, progress: bool = False,
                         await runner.run(total, until=should_stop, cut=True)
                     else:
                         base = server.received_steps
+                        installed = first.version
                         while not should_stop(runner.statistics()):
                             # Whole rollouts (like SB3, the budget is rounded up to a full rollout).
-                            st = await runner.run(prepared.rollout, until=solved, cut=True)
+                            end = runner.statistics().agent_steps + prepared.rollout
+
+                            def rollout_done(s: RunnerStatistics, end: int = end) -> bool:
+                                return s.agent_steps >= end or solved(s)
+
+                            st = await runner.run(None, until=rollout_done, cut=True)
                             # Every recorded step reaches the server before we decide to wait.
                             await server.wait_for_steps(base + st.agent_steps)
                             if server.update_pending and not solved(st):
                                 # (When the budget ran out, the last rollout is still trained on.)
                                 await server.wait_for_version(server.version + 1)
-                                if not should_stop(st):
-                                    await agent.update_model(await client.receive_model())
+                            if not should_stop(st) and server.version != installed:
+                                # Always start a rollout on the newest model.
+                                newest = await client.receive_model()
+                                await agent.update_model(newest)
+                                installed = newest.version
                     nursery.cancel_scope.cancel()
             stats = runner.statistics()
             await server.wait_for_steps(server.received_steps)
