@@ -100,10 +100,14 @@ def measure(name: str, factory: Any, trajs: list[relayrl.Trajectory], repeats: i
 
 
 def main() -> None:
+    global STEPS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trajectories", type=int, default=5000, help="trajectories of 200 steps (default 5000)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=STEPS, help="steps per trajectory (default 200)")
+    parser.add_argument("--only-arrow", action="store_true", help="MemorySink and ArrowSink rows only")
     args = parser.parse_args()
+    STEPS = args.steps
     logging.basicConfig(level=logging.WARNING)
     import pyarrow as pa
 
@@ -115,11 +119,14 @@ def main() -> None:
     rows = [
         measure("MemorySink (baseline: no writer)", MemorySink, trajs, args.repeats, capacity_per_actor=n),
         measure("ArrowSink", ArrowSink, trajs, args.repeats),
-        measure("ArrowSink lz4", ArrowSink, trajs, args.repeats, compression="lz4"),
-        measure("ArrowSink, batch_steps=8192", ArrowSink, trajs, args.repeats, batch_steps=8192),
-        measure("ParquetSink zstd", ParquetSink, trajs, args.repeats),
-        measure("CsvSink (n/10)", CsvSink, small, args.repeats),
     ]
+    if not args.only_arrow:
+        rows += [
+            measure("ArrowSink lz4", ArrowSink, trajs, args.repeats, compression="lz4"),
+            measure("ArrowSink, batch_steps=8192", ArrowSink, trajs, args.repeats, batch_steps=8192),
+            measure("ParquetSink zstd", ParquetSink, trajs, args.repeats),
+            measure("CsvSink (n/10)", CsvSink, small, args.repeats),
+        ]
     table(
         f"Trajectory sinks: {n} x {STEPS}-step CartPole-like trajectories, one producer, median of {args.repeats}",
         ["sink", "trajectories", "steps", "steps/s", "wall ms (min-max)", "MB written", "loop CPU ns/step",
