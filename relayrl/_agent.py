@@ -412,8 +412,9 @@ class Agent:
         self._cache: _Resolved | None = None
         self._closed = False
         self._last_yield = 0.0
-        self._inline_task: trio.lowlevel.Task | None = None
-        self._inline_time = -math.inf
+        # Evidence of concurrent single-actor requesters (see request_action).
+        self._single_task: trio.lowlevel.Task | None = None
+        self._single_time = -math.inf
         self._batching_until = -math.inf
         probe = _runq_probe()
         self._runq: collections.abc.Sized = probe if probe is not None else _PublicStats()
@@ -959,9 +960,11 @@ class Agent:
                 # is served inline (no routing cost).
                 task = trio.lowlevel.current_task()
                 now = time.perf_counter()
+                last_task, last_time = self._single_task, self._single_time
+                self._single_task = task
+                self._single_time = now
                 if (len(self._runq) or now < self._batching_until
-                        or (task is not self._inline_task and now - self._inline_time < CONCURRENCY_WINDOW)):
-                    self._batching_until = now + CONCURRENCY_WINDOW
+                        or (task is not last_task and now - last_time < CONCURRENCY_WINDOW)):
                     req = self._make_request(actor, task, obs, mask, reward, deterministic, extras)
                     router: _Router = actor.router
                     try:
@@ -984,8 +987,6 @@ class Agent:
                     if self._metering:
                         self._record_request(t0, 1)
                     return ActionBatch([actor.id], act, logp, value, version)
-                self._inline_task = task
-                self._inline_time = now
                 batch, emits = self._request_one(actor, obs, mask, reward, deterministic, extras)
             else:
                 batch, emits = self._request_many(ids, obs, mask, reward, deterministic, extras)
@@ -1298,6 +1299,9 @@ class Agent:
             return
         for g in groups:
             self._record_group(g, actors, o, act, logp, value, version, m, r, ex, emits)
+        if n > 1:
+            # Several tasks are requesting concurrently: keep batching their requests for a while.
+            self._batching_until = time.perf_counter() + CONCURRENCY_WINDOW
         # Rows as [1, ...] views: index arrays reshaped to [n, 1, ...] (cheaper than slicing).
         act1 = act.reshape(n, 1, *act.shape[1:])
         logp1 = logp.reshape(n, 1)
