@@ -126,11 +126,14 @@ class ActionCodec:
                 raise ObservationError(f"discrete actions must be integers, got dtype {a.dtype}")
             if isinstance(space, Discrete):
                 lo, hi = space.start, space.start + space.n
-                bad = (a < lo) | (a >= hi)
+                if rows and (a.min() < lo or a.max() >= hi):
+                    bad = (a < lo) | (a >= hi)
+                    raise ObservationError(f"actions out of range for {space}: {a[bad][:4]}")
             else:
                 bad = (a < 0) | (a >= np.asarray(space.nvec))
-            if bad.any():
-                raise ObservationError(f"actions out of range for {space}: {a[bad.reshape(rows, -1).any(axis=1)][:4]}")
+                if bad.any():
+                    raise ObservationError(f"actions out of range for {space}: "
+                                           f"{a[bad.reshape(rows, -1).any(axis=1)][:4]}")
             out = a.astype(self.native_dtype, copy=False)
         if out.shape[1:] != self.native_shape:
             out = out.reshape(rows, *self.native_shape)
