@@ -472,3 +472,11 @@ def test_coop_nav_rewards_splitting_up() -> None:
     assert rew["agent_0"] == 1.0 and all(term.values()) and not any(trunc.values()) and not env.agents
     with pytest.raises(ConfigError):
         E.CoopNavEnv(max_steps=0)
+
+
+def test_async_vectorization_gives_the_same_episodes_as_sync() -> None:
+    with _gym(E.make("CartPole-v1", num_envs=2, seed=8, vectorization="async")) as env:
+        assert type(env.env).__name__ == "AsyncVectorEnv" and env.autoreset_mode == "same_step"
+        a = _rollout(env, 60, None)
+    b = _rollout(E.make("CartPole-v1", num_envs=2, seed=8, vectorization="sync"), 60, None)
+    assert np.array_equal(a, b)
