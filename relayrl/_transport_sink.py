@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ._errors import AgentClosedError, RelayRLError
+from ._errors import AgentClosedError, RelayRLError, SinkError
 from ._model import ModelModule
 from ._sinks import Overflow, SinkStatistics, TrajectorySink, _check_capacity
 from ._trajectory import Trajectory
@@ -82,7 +82,7 @@ class TransportSink(TrajectorySink):
         if not isinstance(traj, Trajectory):
             raise TypeError(f"expected a relayrl.Trajectory, got {type(traj).__name__}")
         if self._error is not None:
-            raise RelayRLError(f"the transport sink failed: {self._error}") from self._error
+            raise SinkError(f"the transport sink failed: {self._error}") from self._error
         if self._closed:
             raise AgentClosedError("the transport sink is closed")
         return traj
@@ -132,6 +132,10 @@ class TransportSink(TrajectorySink):
                         break
                 await self._send_batch(batch)
             await self._client.flush()
+        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            # The sink contract: a failed writer raises SinkError (and put raises it from then on).
+            self._error = SinkError(f"the transport client went away: {exc or type(exc).__name__}")
+            raise self._error from exc
         except Exception as exc:
             self._error = exc
             raise

@@ -359,3 +359,19 @@ async def test_in_process_updates_reuse_the_published_object_only_after_verifica
     other = ModelUpdate(version=1, bundle=policy(5).with_version(1).to_bytes(), source=published)
     got = other.model()
     assert got is not published and got == policy(5).with_version(1)
+
+
+async def test_transport_sink_fails_with_sink_error_when_its_client_closes() -> None:
+    t = transports.InprocTransport()
+    async with t.open_client() as client:
+        sink = relayrl.TransportSink(client)
+
+    async def write_one() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sink.run)
+            await sink.put(make_traj())
+
+    with pytest.RaisesGroup(pytest.RaisesExc(relayrl.SinkError, match="went away")):
+        await write_one()
+    with pytest.raises(relayrl.SinkError):
+        await sink.put(make_traj())
