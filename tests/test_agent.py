@@ -627,3 +627,32 @@ async def test_failing_sink_is_counted_and_other_sinks_still_get_everything(capl
     stats = agent.statistics()
     assert stats.steps_dropped == 4 and stats.trajectories_emitted == 4
     assert "disk full" in caplog.text
+
+
+async def test_lone_caller_stays_inline() -> None:
+    sink = MemorySink(100)
+    async with relayrl.open_agent(model(), actors=1, max_traj_length=5, sinks=[sink]) as agent:
+        ids = agent.actor_ids
+        for t in range(60):
+            await agent.request_action(ids, obs_for(1, t), reward=1.0)
+        stats = agent.statistics()
+    # an emission wakes the actor's task, which may route the next request; nothing else does
+    assert stats.trajectories_emitted == 11
+    assert stats.routed_requests <= stats.trajectories_emitted
+    assert stats.requests == 60
+
+
+async def test_removal_emits_a_full_held_back_trajectory_with_its_last_reward() -> None:
+    sink = MemorySink(10)
+    async with relayrl.open_agent(model(), actors=2, max_traj_length=2, sinks=[sink]) as agent:
+        ids = agent.actor_ids
+        await agent.request_action(ids, obs_for(2))
+        await agent.request_action(ids, obs_for(2), reward=1.0)
+        # both trajectories are full and wait for the reward of their last step
+        await agent.request_action(ids[:1], obs_for(1), reward=2.0)  # credits, emits, starts anew
+        await agent.remove_actor(ids[1])  # emits the held-back one without that reward
+    trajs = by_actor(sink.drain())
+    assert [list(t.reward) for t in trajs[ids[0]]] == [[1.0, 2.0], [0.0]]
+    assert [list(t.reward) for t in trajs[ids[1]]] == [[1.0, 0.0]]
+    assert all(t.truncated for t in trajs[ids[0]] + trajs[ids[1]])
+    assert trajs[ids[0]][0].final_obs is not None and trajs[ids[1]][0].final_obs is None
