@@ -204,10 +204,12 @@ class _Metrics:
 
     def record(self, stats: RunnerStatistics, version: int, *, train_time: float = math.nan,
                algo_stats: Mapping[str, float] | None = None) -> None:
+        wall = time.perf_counter() - self._start
         row: dict[str, float] = {
-            "step": stats.steps, "wall_time": round(time.perf_counter() - self._start, 4), "episodes": stats.episodes,
+            "step": stats.steps, "wall_time": round(wall, 4), "episodes": stats.episodes,
             "mean_return": stats.mean_return, "model_version": version,
-            "steps_per_second": round(stats.steps_per_second, 1), "train_time": train_time,
+            # Overall throughput (collection and training), not the runner's collection-only rate.
+            "steps_per_second": round(stats.steps / wall, 1) if wall > 0 else 0.0, "train_time": train_time,
         }
         if algo_stats:
             row.update({f"train/{k}": float(v) for k, v in algo_stats.items()})
@@ -220,7 +222,8 @@ class _Metrics:
             if not math.isnan(stats.mean_return):
                 self._writer.add_scalar("rollout/mean_return", stats.mean_return, step)
             self._writer.add_scalar("rollout/episodes", stats.episodes, step)
-            self._writer.add_scalar("time/steps_per_second", stats.steps_per_second, step)
+            self._writer.add_scalar("time/steps_per_second", row["steps_per_second"], step)
+            self._writer.add_scalar("time/collection_steps_per_second", stats.steps_per_second, step)
             self._writer.add_scalar("model/version", version, step)
             for k, v in (algo_stats or {}).items():
                 self._writer.add_scalar(f"train/{k}", float(v), step)
@@ -248,11 +251,13 @@ def _progress_bar(total: int) -> Any:
 
 async def _show_progress(progress: Any, runner: EnvRunner, version: Callable[[], int], interval: float) -> None:
     task_id = progress.task_ids[0]
+    start = time.perf_counter()
     while True:
         st = runner.statistics()
         ret = "-" if math.isnan(st.mean_return) else f"{st.mean_return:.1f}"
-        progress.update(task_id, completed=st.steps, sps=st.steps_per_second, episodes=st.episodes, ret=ret,
-                        version=version())
+        elapsed = time.perf_counter() - start
+        progress.update(task_id, completed=st.steps, sps=st.steps / elapsed if elapsed > 0 else 0.0,
+                        episodes=st.episodes, ret=ret, version=version())
         progress.refresh()
         await trio.sleep(interval)
 
