@@ -40,10 +40,11 @@ def raw_env(n: int, steps: int) -> float:
     return len(actions) * n / dt
 
 
-def vec_env(n: int, steps: int) -> float:
-    env = E.make("CartPole-v1", num_envs=n, seed=0)
+def vec_env(n: int, steps: int, env_id: str = "CartPole-v1") -> float:
+    env = E.make(env_id, num_envs=n, seed=0)
     env.reset()
-    actions = np.random.default_rng(0).integers(0, 2, size=(steps // n + 1, n))
+    k = int(env.action_space.flat_dim)
+    actions = np.random.default_rng(0).integers(0, k, size=(steps // n + 1, env.num_slots))
     done = 0
     t = time.perf_counter()
     for a in actions:
@@ -70,8 +71,8 @@ def bare_loop(model: relayrl.ModelModule, n: int, steps: int) -> float:
     return done / dt
 
 
-async def runner(model: relayrl.ModelModule, n: int, steps: int) -> tuple[float, float]:
-    env = E.make("CartPole-v1", num_envs=n, seed=0)
+async def runner(model: relayrl.ModelModule, n: int, steps: int, env_id: str = "CartPole-v1") -> tuple[float, float]:
+    env = E.make(env_id, num_envs=n, seed=0)
     sink = MemorySink(1_000_000)
     async with relayrl.open_agent(model, seed=0, sinks=[sink], max_traj_length=1000) as agent:
         r = E.EnvRunner(env, agent)
@@ -107,6 +108,18 @@ def main() -> None:
     table(f"CartPole-v1 env steps/s (median of {args.repeats}, {steps:,} steps each)",
           ["envs", "raw env", "VecEnv", "bare loop (MLP)", "EnvRunner (MLP)", "EnvRunner (linear)",
            "runner / bare"], rows)
+    # PettingZoo-style multi-agent env (2 agents per env, stepped one env at a time through dicts)
+    coop = "relayrl.envs:coop_nav"
+    obs_dim = E.make(coop).observation_space.shape
+    coop_mlp = relayrl.mlp_policy(obs_dim, relayrl.spaces.Discrete(5), hidden=(64, 64))
+    rows = []
+    for n in (8, 64):
+        ms = steps // 4
+        vec = median([vec_env(n, ms, coop) for _ in range(args.repeats)])
+        run = median([trio.run(runner, coop_mlp, n, ms, coop)[0] for _ in range(args.repeats)])
+        rows.append([n, vec, run, 2 * run])
+    table(f"CoopNav (2 agents) env steps/s (median of {args.repeats}, {steps // 4:,} steps each)",
+          ["envs", "VecEnv", "EnvRunner (MLP)", "agent steps/s"], rows)
 
 
 if __name__ == "__main__":
