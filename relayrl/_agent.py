@@ -559,7 +559,7 @@ class Agent:
                 devices = sorted(set(devices) | set(self._shared_cells))
                 cells = [self._shared_cells[d] for d in devices]
         else:
-            cells = [a.cell for a in actors]
+            cells = list({id(a.cell): a.cell for a in actors}.values())  # an id given twice swaps once
             devices = sorted({c.device for c in cells})
         spans = [self._tel.start_span(SPAN_REFRESH_MODEL, {
             ATTR_DEVICE: d, ATTR_BACKEND: model.backend,
@@ -578,8 +578,9 @@ class Agent:
         changed = self._install(cells, model, loaded)
         now = time.time()
         emits: list[tuple[Actor, Trajectory]] = []
+        changed_set = set(changed)
         moved = actors if self._mode == "independent" else [a for a in self._actors.values()
-                                                            if a.cell in set(changed)]
+                                                            if a.cell in changed_set]
         for actor in moved:
             self._place(actor, now, emits)
         self._epoch += 1

@@ -656,3 +656,10 @@ async def test_removal_emits_a_full_held_back_trajectory_with_its_last_reward() 
     assert [list(t.reward) for t in trajs[ids[1]]] == [[1.0, 0.0]]
     assert all(t.truncated for t in trajs[ids[0]] + trajs[ids[1]])
     assert trajs[ids[0]][0].final_obs is not None and trajs[ids[1]][0].final_obs is None
+
+
+async def test_update_model_with_a_repeated_id_swaps_once() -> None:
+    async with relayrl.open_agent(model(), actors=2) as agent:
+        a, b = agent.actor_ids
+        await agent.update_model(model(1), [a, a, b])
+        assert await agent.get_model_version([a, b]) == {a: 1, b: 1}
