@@ -566,15 +566,20 @@ class Agent:
             ATTR_ACTOR_COUNT: sum(1 for a in actors if a.cell.device == d)}) for d in devices] if self._tracing else []
         try:
             loaded = {d: await self._load(model, d) for d in devices}
+            self._check_open()
         except BaseException as exc:
             for span in spans:
                 self._tel.end_span(span, exc)
-            if self._metering:
-                self._tel.refreshes.add(1, {ATTR_OUTCOME: OUTCOME_ERROR})
-            self._tel.count_failure(exc)
+            if isinstance(exc, Exception):
+                if self._metering:
+                    self._tel.refreshes.add(1, {ATTR_OUTCOME: OUTCOME_ERROR})
+                self._tel.count_failure(exc)
             raise
-        self._check_open()
         # -- atomic part: no await from here until the emits are built --
+        # Actors removed while the model was validating are left alone.
+        actors = [a for a in actors if not a.removed]
+        if self._mode == "independent":
+            cells = list({id(a.cell): a.cell for a in actors}.values())
         changed = self._install(cells, model, loaded)
         now = time.time()
         emits: list[tuple[Actor, Trajectory]] = []
