@@ -321,3 +321,17 @@ async def test_a_failing_env_step_cuts_with_reward_zero_and_one_run_at_a_time() 
     # steps at t=0 and t=1 earned 1 and 2; the step recorded at t=2 never happened: reward 0
     assert traj.obs[:, 0].tolist() == [0.0, 1.0, 2.0] and traj.reward.tolist() == [1.0, 2.0, 0.0]
     assert traj.truncated
+
+
+async def test_taxi_info_masks_are_respected_end_to_end() -> None:
+    sink = MemorySink(10_000)
+    env = E.make("Taxi-v4", num_envs=4, seed=0)
+    assert env.observation_space.shape == (500,) and env.reward_threshold == 8.0  # one-hot Discrete(500)
+    model = relayrl.mlp_policy(env.observation_space.shape, env.action_space, hidden=(16,))
+    async with relayrl.open_agent(model, seed=0, sinks=[sink]) as agent:
+        stats = await E.EnvRunner(env, agent).run(600)
+    trajs = sink.drain()
+    assert sum(len(t) for t in trajs) == stats.agent_steps
+    for t in trajs:
+        assert t.mask is not None and not t.mask.all()
+        assert t.mask[np.arange(len(t)), t.act].all()  # never a masked action
