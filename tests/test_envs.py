@@ -480,3 +480,22 @@ def test_async_vectorization_gives_the_same_episodes_as_sync() -> None:
         a = _rollout(env, 60, None)
     b = _rollout(E.make("CartPole-v1", num_envs=2, seed=8, vectorization="sync"), 60, None)
     assert np.array_equal(a, b)
+
+
+def test_parallel_env_observation_dicts_with_action_masks() -> None:
+    class DictObs(StaggerEnv):
+        def observation_space(self, agent: str) -> Any:
+            return gym.spaces.Dict({"observation": gym.spaces.Box(-10.0, 10.0, (2,)),
+                                    "action_mask": gym.spaces.MultiBinary(3)})
+
+        def _obs(self, agent: str) -> Any:
+            return {"observation": super()._obs(agent), "action_mask": np.array([1, 0, self.t % 2], np.int8)}
+
+    with E.make(DictObs()) as env:
+        assert env.observation_space.shape == (2,)
+        cur = env.reset()
+        assert cur.obs.tolist() == [[0.0, 1.0], [0.0, 2.0]]
+        assert cur.mask is not None and cur.mask.tolist() == [[True, False, False]] * 2
+        cur = env.step(np.array([0, 0]))
+        assert cur.mask is not None and cur.mask.tolist() == [[True, False, True]] * 2
+        assert cur.state is not None and cur.state[0].tolist() == [1.0, 1.0, 1.0, 2.0]
