@@ -188,6 +188,8 @@ class EnvRunner:
             self._cur = env.reset(self._seed)
             self._reward[:] = 0.0
         ids = self._ids
+        id_arr = np.empty(len(ids), dtype=object)  # fancy-indexable ids
+        id_arr[:] = ids
         target = None if steps is None else self._steps + steps
         deterministic = self.deterministic
         start = time.perf_counter()
@@ -211,7 +213,7 @@ class EnvRunner:
                     actions = np.zeros((env.num_slots, *env.action_space.shape), dtype=env.action_space.dtype)
                 else:
                     idx = np.flatnonzero(active)
-                    sub = [ids[i] for i in idx]
+                    sub = id_arr[idx].tolist()
                     batch = await agent.request_action(
                         sub, cur.obs[idx], mask=None if cur.mask is None else cur.mask[idx],
                         reward=self._reward[idx], deterministic=deterministic,
@@ -233,9 +235,9 @@ class EnvRunner:
                     t_idx = np.flatnonzero(term)
                     u_idx = np.flatnonzero(trunc)
                     if len(t_idx):
-                        await agent.flag_last_action([ids[i] for i in t_idx], reward=nxt.reward[t_idx])
+                        await agent.flag_last_action(id_arr[t_idx].tolist(), reward=nxt.reward[t_idx])
                     if len(u_idx):
-                        await agent.flag_last_action([ids[i] for i in u_idx], reward=nxt.reward[u_idx],
+                        await agent.flag_last_action(id_arr[u_idx].tolist(), reward=nxt.reward[u_idx],
                                                      truncated=True, final_obs=nxt.final_obs[u_idx])
                     ended = term | trunc
                     self._reward[ended] = 0.0
