@@ -122,7 +122,7 @@ async def test_unacked_batches_are_resent_to_a_restarted_server(autojump_clock: 
         await client.send_trajectories([make_traj(2)])
         assert client.statistics().unacked == 2
         async with t.open_server() as server2:
-            got = []
+            got: list[TrajectoryBatch] = []
             with trio.fail_after(5):
                 while len(got) < 2:
                     m = await server2.receive()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 import numpy as np
 import pytest
 
@@ -48,10 +48,12 @@ def test_other_messages_round_trip() -> None:
                            mask=np.array([[True, False]]), deterministic=True)
     got = decode(encode(req))[0]
     assert isinstance(got, InferenceRequest) and got.actor_ids == (a,) and got.deterministic
+    assert got.mask is not None and req.mask is not None
     assert np.array_equal(got.obs, req.obs) and got.obs.dtype == np.float32 and np.array_equal(got.mask, req.mask)
     reply = InferenceReply(request_id=9, act=np.array([1]), logp=np.array([-0.5], np.float32))
     back = decode(encode(reply))[0]
-    assert isinstance(back, InferenceReply) and back.value is None and np.array_equal(back.act, [1])
+    assert isinstance(back, InferenceReply) and back.value is None and back.act is not None
+    assert np.array_equal(back.act, [1])
     err = decode(encode(InferenceReply(request_id=1, error="boom")))[0]
     assert isinstance(err, InferenceReply) and err.error == "boom" and not err.ok
 
@@ -60,7 +62,8 @@ def frame(**over: object) -> bytes:
     base: dict[str, object] = {"v": WIRE_VERSION, "type": "ack", "headers": {},
                                "payload": {"client_id": uuid.uuid4().bytes, "seq": 1}}
     base.update(over)
-    return msgpack.packb(base, use_bin_type=True)
+    data: bytes = msgpack.packb(base, use_bin_type=True)
+    return data
 
 
 @pytest.mark.parametrize(("data", "match"), [
