@@ -127,6 +127,17 @@ def test_make_pettingzoo_parallel_env(monkeypatch: pytest.MonkeyPatch) -> None:
         assert out.env_steps == 2
 
 
+def test_make_pettingzoo_registry_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    with E.make("pettingzoo:classic/rps-v2", num_envs=3, seed=0, env_kwargs={"max_cycles": 4}) as env:
+        assert isinstance(env, E.ParallelVecEnv) and env.num_slots == 6 and env.name == "pettingzoo:classic/rps-v2"
+        env.reset()
+        ended = [env.step(np.zeros(6, np.int64)).truncated.all() for _ in range(4)]
+        assert ended == [False, False, False, True]
+    with pytest.raises(ConfigError, match="unknown PettingZoo environment id"):
+        E.make("pettingzoo:classic/nope-v1")
+
+
 def test_make_coop_nav_by_id() -> None:
     with E.make("relayrl.envs:coop_nav", num_envs=3, seed=0, env_kwargs={"n_agents": 3}) as env:
         assert env.num_slots == 9 and env.agent_ids == ("agent_0", "agent_1", "agent_2")

@@ -619,6 +619,21 @@ def _from_factory(factory: Callable[..., Any], name: str, num_envs: int, seed: i
                       "PettingZoo ParallelEnv")
 
 
+def _from_pettingzoo_id(env_id: str, num_envs: int, seed: int | None, env_kwargs: dict[str, Any]) -> VecEnv:
+    try:
+        import pettingzoo
+        from pettingzoo.env_registry.exceptions import PettingZooRegistryError
+    except ImportError as exc:
+        raise ConfigError(f"'pettingzoo:{env_id}' needs PettingZoo (pip install pettingzoo): {exc}") from exc
+    try:
+        envs = [pettingzoo.make("parallel", env_id, **env_kwargs) for _ in range(num_envs)]
+    except PettingZooRegistryError as exc:
+        raise ConfigError(f"unknown PettingZoo environment id {env_id!r}: {exc}") from exc
+    except TypeError as exc:
+        raise ConfigError(f"cannot make PettingZoo {env_id!r} with env_kwargs {env_kwargs!r}: {exc}") from exc
+    return ParallelVecEnv(envs, name=f"pettingzoo:{env_id}", seed=seed, reward_threshold=_threshold_of(envs[0]))
+
+
 def _resolve_callable(spec: str) -> Callable[..., Any] | None:
     """``module:callable`` -> the callable, or None if the module has no such attribute."""
     module_name, _, attr = spec.rpartition(":")
@@ -645,6 +660,8 @@ def make(env: Any, *, num_envs: int = 1, seed: int | None = None, vectorization:
 
     ``env`` may be:
 
+    * ``"pettingzoo:<id>"`` (``"pettingzoo:classic/rps-v2"``): ``num_envs`` parallel envs from
+      PettingZoo's registry (``pettingzoo.make("parallel", id, **env_kwargs)``);
     * a gymnasium id (``"CartPole-v1"``): vectorised with the env's native vector entry point when
       it has one (``vectorization="auto"``; CartPole's is a numpy vector env, by far the fastest),
       else with a ``SyncVectorEnv`` in ``SAME_STEP`` autoreset mode. ``"async"`` asks for an
@@ -675,6 +692,8 @@ def make(env: Any, *, num_envs: int = 1, seed: int | None = None, vectorization:
     if isinstance(env, str):
         if not env:
             raise ConfigError("environment id must be a non-empty string")
+        if env.startswith("pettingzoo:"):
+            return _from_pettingzoo_id(env.removeprefix("pettingzoo:"), num_envs, seed, kwargs)
         if ":" in env:
             factory = _resolve_callable(env)
             if factory is not None:
