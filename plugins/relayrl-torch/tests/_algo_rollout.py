@@ -246,7 +246,7 @@ def evaluate(model: ModelModule, env_id: str, episodes: int, seed: int = 100) ->
     policy = model.policy()
     head = relayrl.make_head(model.metadata)
     rng = np.random.default_rng(seed)
-    space = env.action_space
+    space: Any = env.action_space
     total = []
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)

@@ -99,7 +99,7 @@ def test_every_algorithm_validates_its_config(cls: type[Algorithm]) -> None:
 
 def test_config_mapping_type_is_checked() -> None:
     with pytest.raises(ConfigError, match="mapping"):
-        PPO(OBS, Discrete(2), config=[("lr", 1.0)])  # type: ignore[arg-type]
+        PPO(OBS, Discrete(2), config=[("lr", 1.0)])
 
 
 def test_spaces() -> None:

@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 from _algo_rollout import random_multi_return, run_multi
+from relayrl_torch.algorithms import IPPO, MAPPO
+
 from relayrl import ModelModule, ObservationError, Trajectory
 from relayrl.envs import coop_nav
 from relayrl.spaces import Box, Discrete
-from relayrl_torch.algorithms import IPPO, MAPPO
 
 OBS = Box(low=-1.0, high=1.0, shape=(4,))
 
@@ -99,7 +100,7 @@ def test_beats_random_on_coop_nav(cls: type[IPPO]) -> None:
 
 def _spread() -> Any:
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    from mpe2 import simple_spread_v3
+    from mpe2 import simple_spread_v3  # type: ignore[import-untyped]
 
     return simple_spread_v3.parallel_env(N=2, max_cycles=25, continuous_actions=False)
 

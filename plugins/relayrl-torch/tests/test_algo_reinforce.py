@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 from _algo_rollout import Collector, run
+from relayrl_torch.algorithms import REINFORCE
+
 from relayrl import ObservationError, Trajectory
 from relayrl.spaces import Box, Discrete
-from relayrl_torch.algorithms import REINFORCE
 
 OBS = Box(low=-10.0, high=10.0, shape=(2,))
 

@@ -79,7 +79,7 @@ class ActorCriticAlgorithm(Algorithm):
         obs_space: Any,
         action_space: Any,
         *,
-        config: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | Any | None = None,
         seed: int = 0,
     ) -> None:
         cfg = self.make_config(config)

@@ -92,7 +92,7 @@ class IPPO(PPO):
         obs_space: Any,
         action_space: Any,
         *,
-        config: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | Any | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(shared_space(obs_space, "observation spaces"), shared_space(action_space, "action spaces"),

@@ -64,28 +64,28 @@ class PPOConfig:
     #: Activation after every hidden layer (a name the numpy backend knows).
     activation: str = attrs.field(default="tanh", validator=_activation)
     #: Adam learning rate of the policy.
-    lr: float = attrs.field(default=2.5e-3, validator=_positive)
+    lr: float = attrs.field(default=3e-3, validator=_positive)
     #: Adam learning rate of the value network (None: ``lr``).
     vf_lr: float | None = attrs.field(default=None, validator=_positive)
     #: Anneal the learning rates linearly to 0 over ``total_steps`` environment steps.
     anneal_lr: bool = True
     #: The step budget the annealing is spread over.
-    total_steps: int | None = attrs.field(default=150_000, validator=_positive)
+    total_steps: int | None = attrs.field(default=100_000, validator=_positive)
     #: Discount factor.
-    gamma: float = attrs.field(default=0.99, validator=_unit)
+    gamma: float = attrs.field(default=0.98, validator=_unit)
     #: GAE lambda.
-    gae_lambda: float = attrs.field(default=0.9, validator=_unit)
+    gae_lambda: float = attrs.field(default=0.95, validator=_unit)
     #: Passes over each batch.
-    n_epochs: int = attrs.field(default=4, validator=_positive)
+    n_epochs: int = attrs.field(default=10, validator=_positive)
     #: Minibatch size (a batch is split into ``round(N / minibatch_size)`` shuffled minibatches).
-    minibatch_size: int = attrs.field(default=256, validator=_positive)
+    minibatch_size: int = attrs.field(default=512, validator=_positive)
     #: Surrogate clipping range.
     clip_coef: float = attrs.field(default=0.2, validator=_positive)
     #: Clip the value loss around the old value predictions too.
     clip_vloss: bool = False
     #: Entropy bonus coefficient.
     ent_coef: float = attrs.field(default=0.0, validator=_non_negative)
-    #: Gradient-norm clipping (policy and value network separately).
+    #: Gradient-norm clipping (over the policy and value parameters together).
     max_grad_norm: float = attrs.field(default=0.5, validator=_positive)
     #: Stop the update when a minibatch's approximate KL exceeds 1.5 x this (None: never).
     target_kl: float | None = attrs.field(default=None, validator=_positive)
@@ -128,9 +128,9 @@ class PPO(ActorCriticAlgorithm):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "CartPole-v1": {},
         "Pendulum-v1": {
-            "num_envs": 4, "n_steps": 512, "lr": 1e-3, "gamma": 0.9, "gae_lambda": 0.95, "n_epochs": 10,
-            "minibatch_size": 64, "clip_coef": 0.2, "ent_coef": 0.0, "normalize_obs": True,
-            "normalize_reward": True, "total_steps": 200_000, "anneal_lr": False,
+            "num_envs": 4, "n_steps": 512, "lr": 2e-3, "gamma": 0.9, "gae_lambda": 0.95, "n_epochs": 10,
+            "minibatch_size": 512, "clip_coef": 0.2, "ent_coef": 0.0, "normalize_obs": True,
+            "normalize_reward": True, "total_steps": 100_000, "anneal_lr": True,
         },
     }
 
