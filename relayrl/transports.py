@@ -8,6 +8,13 @@ constructor takes the transport's settings::
 
 Discovery is lazy and cached; ``import relayrl`` imports no transport library.
 
+The message types a transport carries (:class:`TrajectoryBatch`, :class:`Ack`,
+:class:`ModelUpdate`, :class:`Notice`, :class:`InferenceRequest`, :class:`InferenceReply`) and
+the wire format out-of-process transports share (:func:`encode` / :func:`decode`: a versioned
+msgpack envelope; malformed frames raise :class:`~relayrl.ProtocolError`) live here too; the
+abstract client and server sides are :class:`relayrl.abc.Transport`, ``TransportClient`` and
+``TransportServer``.
+
 .. versionadded:: 0.1
 """
 
@@ -17,9 +24,25 @@ from typing import Any
 
 from ._inproc import InprocTransport as InprocTransport
 from ._plugins import PluginRegistry
+from ._transport_api import NOTICE_KINDS as NOTICE_KINDS
+from ._transport_api import Ack as Ack
+from ._transport_api import ClientStatistics as ClientStatistics
+from ._transport_api import InferenceReply as InferenceReply
+from ._transport_api import InferenceRequest as InferenceRequest
+from ._transport_api import ModelUpdate as ModelUpdate
+from ._transport_api import Notice as Notice
+from ._transport_api import ServerStatistics as ServerStatistics
+from ._transport_api import TrajectoryBatch as TrajectoryBatch
 from ._transport_api import Transport
+from ._wire import WIRE_VERSION as WIRE_VERSION
+from ._wire import decode as decode
+from ._wire import encode as encode
 
-__all__ = ["InprocTransport", "available", "get", "names", "registry", "status"]
+__all__ = [
+    "NOTICE_KINDS", "WIRE_VERSION", "Ack", "ClientStatistics", "InferenceReply", "InferenceRequest", "InprocTransport",
+    "ModelUpdate", "Notice", "ServerStatistics", "TrajectoryBatch", "available", "decode", "encode", "get", "names",
+    "registry", "status",
+]
 
 #: The process-wide registry of transports (it yields classes, not instances).
 registry: PluginRegistry[type[Transport]] = PluginRegistry(
