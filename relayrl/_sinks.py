@@ -785,6 +785,8 @@ class _FileSink(_BufferedSink):
         if out is None:
             path = os.path.join(self._dir, f"{self._prefix}-{self._run_id}-{self._files:04d}"
                                            f"{_records.FORMATS[self._format]}")
+            # Never overwrite a file: another sink may have used this run id in this directory.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             out = self._open[sig] = self._output(path, encoder, self._compression)
             self._files += 1
             self._paths.append(path)

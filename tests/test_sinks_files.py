@@ -461,3 +461,15 @@ async def test_many_producers_small_queue(overflow: str, tmp_path: Path) -> None
     for p in range(8):
         episodes = [t.episode for t in back if t.episode // 1000 == p]
         assert episodes == sorted(episodes)
+
+
+async def test_an_existing_file_is_never_overwritten(tmp_path: Path) -> None:
+    first = await write_all(ArrowSink, tmp_path, [make_traj(3, seed=1)], run_id="same")
+    again = ArrowSink(tmp_path, run_id="same")
+    with pytest.RaisesGroup(pytest.RaisesExc(relayrl.SinkError, match="exists")):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(again.run)
+            await again.put(make_traj(3, seed=2))
+            await again.aclose()
+    assert again.statistics().abandoned == 1
+    assert read_trajectories(first.paths[0]) == [make_traj(3, seed=1)]
