@@ -38,6 +38,7 @@ from ._actor import Actor, Layout, ModelCell, ModelHandle, TrajectoryStore, make
 from ._errors import (
     AgentClosedError,
     ConfigError,
+    ModelError,
     NoModelError,
     ObservationError,
     UnknownActorError,
@@ -83,6 +84,9 @@ SCHEDULE_INTERVAL: Final = 0.0005
 #: Models whose file is at most this big (bytes) are loaded and validated on the event loop;
 #: bigger ones in a worker thread.
 INLINE_LOAD_BYTES: Final = 256 * 1024
+#: A batched request of at least this many rows, for a policy that releases the GIL (torch,
+#: onnxruntime), runs its forward in a worker thread so the event loop keeps serving.
+THREAD_BATCH_ROWS: Final = 1024
 #: Trajectories queued per actor between the hot path and its emitter task.
 OUTBOX_SIZE: Final = 64
 
@@ -404,6 +408,9 @@ class Agent:
         self._actors: dict[uuid.UUID, Actor] = {}
         self._retired: list[Actor] = []
         self._background_scopes: set[trio.CancelScope] = set()
+        # Big batches for backends that release the GIL run their forward on one worker thread.
+        self._thread_rows = THREAD_BATCH_ROWS
+        self._forward_limiter = trio.CapacityLimiter(1)
         self._shared_cells: dict[str, ModelCell] = {}
         self._stores: dict[Layout, TrajectoryStore] = {}
         self._routers: list[_Router] = []
@@ -995,7 +1002,7 @@ class Agent:
                     return ActionBatch([actor.id], act, logp, value, version)
                 batch, emits = self._request_one(actor, obs, mask, reward, deterministic, extras)
             else:
-                batch, emits = self._request_many(ids, obs, mask, reward, deterministic, extras)
+                batch, emits = await self._request_many(ids, obs, mask, reward, deterministic, extras)
         except Exception as exc:
             self._n_failures += 1
             if self._metering:
@@ -1118,7 +1125,7 @@ class Agent:
             if name not in given:
                 col[slots, pos] = 0
 
-    def _request_many(
+    async def _request_many(
         self, ids: Sequence[uuid.UUID], obs: Any, mask: Any, reward: Any, deterministic: bool,
         extras: Mapping[str, Any] | None,
     ) -> tuple[ActionBatch, list[tuple[Actor, Trajectory]]]:
@@ -1133,13 +1140,57 @@ class Agent:
         ex = None if extras is None else _as_extras(extras, n)
         if ex:
             _check_extras(res.groups, ex)
-        act, logp, value, version = self._serve_groups(res.groups, n, lay, o, m, deterministic, None)
+        groups = res.groups
+        h = groups[0].handle
+        if len(groups) == 1 and n >= self._thread_rows and h.policy.releases_gil:
+            # A big batch for a backend that releases the GIL: run the forward in the worker
+            # thread (one at a time) so the event loop keeps serving meanwhile.
+            act, logp, value = await self._forward_threaded(h, o, m, deterministic)
+            # Things may have changed during the forward: re-resolve (raises UnknownActorError
+            # for an actor removed meanwhile) and record into the actors' current slots; the
+            # steps keep the version that computed them.
+            if self._closed:
+                raise AgentClosedError("the agent closed while the batch was computed")
+            res = self._resolve(ids)
+            if res.layout != lay:
+                raise ModelError("a model update changed the observation/action layout while the batch was "
+                                 "computed; nothing was recorded")
+            groups = res.groups
+            if ex:
+                _check_extras(groups, ex)
+            v = np.full(n, np.nan, dtype=np.float32) if value is None else value.astype(np.float32, copy=False)
+            value, version = v, np.full(n, h.version, dtype=np.int64)
+        else:
+            act, logp, value, version = self._serve_groups(groups, n, lay, o, m, deterministic, None)
         emits: list[tuple[Actor, Trajectory]] = []
-        for g in res.groups:
+        for g in groups:
             self._record_group(g, res.actors, o, act, logp, value, version, m, r, ex, emits)
         self._n_requests += 1
         self._n_actions += n
         return ActionBatch(list(ids), act, logp, value, version), emits
+
+    async def _forward_threaded(self, handle: ModelHandle, obs: Array, mask: Array | None,
+                                deterministic: bool) -> tuple[Array, Array, Array | None]:
+        """Like :meth:`_forward`, with the policy's forward in the agent's worker thread."""
+        span = self._tel.start_span(SPAN_INFER_POLICY, {
+            ATTR_BATCH_SIZE: obs.shape[0], ATTR_MODEL_VERSION: handle.version, ATTR_BACKEND: handle.backend,
+            ATTR_DEVICE: handle.device}) if self._tracing else None
+        try:
+            out = await trio.to_thread.run_sync(handle.policy.forward, obs, mask, limiter=self._forward_limiter)
+            # Sampling stays on the event loop: the agent's generator is used in call order.
+            act, logp = handle.head.sample(out, self._rng, mask, deterministic)
+        except BaseException as exc:
+            self._tel.end_span(span, exc)
+            raise
+        if span is not None:
+            self._tel.end_span(span, None, **{ATTR_ACTOR_COUNT: obs.shape[0]})
+        if self._metering:
+            self._tel.batch_size.record(obs.shape[0])
+        value = out.value
+        if value is not None and not isinstance(value, np.ndarray):
+            value = np.asarray(value.get() if hasattr(value, "get") else value)
+        self._n_batches += 1
+        return act, logp, value
 
     def _serve_groups(
         self, groups: list[_Group], n: int, lay: Layout, o: Array, m: Array | None, deterministic: bool,

@@ -7,6 +7,7 @@ tests use ``autojump_clock``.
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from typing import Any
 
@@ -663,3 +664,77 @@ async def test_update_model_with_a_repeated_id_swaps_once() -> None:
         a, b = agent.actor_ids
         await agent.update_model(model(1), [a, a, b])
         assert await agent.get_model_version([a, b]) == {a: 1, b: 1}
+
+
+class GilReleasingPolicy(Policy):
+    """The numpy policy declared as releasing the GIL (as torch and onnxruntime policies are).
+
+    Its forward waits (in the worker thread) until ``gate`` is set, so the test can check that
+    the event loop keeps serving meanwhile.
+    """
+
+    releases_gil = True
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.threads: set[int] = set()
+
+    def forward(self, obs: np.ndarray, mask: np.ndarray | None = None) -> HeadOutputs:
+        self.threads.add(threading.get_ident())
+        if obs.shape[0] >= 8:
+            assert self.gate.wait(30), "the event loop did not serve the other request"
+        return self.inner.forward(obs, mask)
+
+
+async def test_big_batches_of_gil_releasing_backends_run_in_a_worker_thread() -> None:
+    m = model(seed=6)
+    reference = m.policy("cpu")
+    policy = GilReleasingPolicy(reference)
+    m._policies["cpu"] = policy
+    sink = MemorySink(10)
+    head = relayrl.make_head(m.metadata)
+    rng = np.random.default_rng(77)
+    async with relayrl.open_agent(m, actors=10, seed=77, sinks=[sink]) as agent:
+        agent._thread_rows = 8
+        ids = agent.actor_ids
+        o = obs_for(8)
+        got: list[relayrl.ActionBatch] = []
+
+        async def big() -> None:
+            got.append(await agent.request_action(ids[:8], o, reward=1.0))
+
+        with trio.fail_after(30):  # a hang guard, not a timing assertion
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(big)
+                await trio.testing.wait_all_tasks_blocked()
+                small = await agent.request_action(ids[8:], obs_for(2))  # served while the big one computes
+                assert agent.statistics().requests == 1 and len(small) == 2
+                policy.gate.set()
+        assert threading.get_ident() in policy.threads  # the small batch, inline
+        assert len(policy.threads) == 2  # ... and the big one, in a worker thread
+        # sampling stayed on the event loop, in call order
+        small_act, _ = head.sample(reference.forward(obs_for(2)), rng)
+        big_act, _ = head.sample(reference.forward(o), rng)
+        np.testing.assert_array_equal(small.act, small_act)
+        np.testing.assert_array_equal(got[0].act, big_act)
+        # an actor removed while the batch computes: the request fails, nothing recorded
+        policy.gate.clear()
+        before = agent.statistics().steps_recorded
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                errors: list[BaseException] = []
+
+                async def doomed() -> None:
+                    try:
+                        await agent.request_action(ids[:8], o)
+                    except relayrl.UnknownActorError as exc:
+                        errors.append(exc)
+
+                nursery.start_soon(doomed)
+                await trio.testing.wait_all_tasks_blocked()
+                await agent.remove_actor(ids[0])
+                policy.gate.set()
+        assert len(errors) == 1 and agent.statistics().steps_recorded == before
+        await agent.flag_last_action(ids[1:8])
+    assert sorted(len(t) for t in sink.drain()) == [1] * 10
