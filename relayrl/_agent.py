@@ -233,7 +233,8 @@ class _Group:
 @attrs.define(eq=False, slots=True)
 class _Resolved:
     key: tuple[uuid.UUID, ...]
-    epoch: int
+    epoch: int  # of the id -> actor mapping (removals, renames)
+    model_epoch: int  # of the actor -> model handle and slot mapping (swaps, moves)
     actors: list[Actor]
     groups: list[_Group]
     layout: Layout
@@ -416,6 +417,7 @@ class Agent:
         self._routers: list[_Router] = []
         self._next_router = 0
         self._epoch = 0
+        self._model_epoch = 0
         self._cache: _Resolved | None = None
         self._closed = False
         self._last_yield = 0.0
@@ -595,7 +597,7 @@ class Agent:
                                                             if a.cell in changed_set]
         for actor in moved:
             self._place(actor, now, emits)
-        self._epoch += 1
+        self._model_epoch += 1
         self._n_refreshes += len(changed)
         for span in spans:
             self._tel.end_span(span, None, **{ATTR_MODEL_VERSION: max(c.version for c in changed)} if changed else {})
@@ -678,7 +680,7 @@ class Agent:
             actor = self._spawn(uuid.uuid4(), cell)
             self._place(actor, now, emits)
             ids.append(actor.id)
-        self._epoch += 1
+        self._model_epoch += 1
         await trio.lowlevel.checkpoint()
         return ids
 
@@ -882,12 +884,17 @@ class Agent:
         key = tuple(ids)
         cache = self._cache
         if cache is not None and cache.epoch == self._epoch and cache.key == key:
+            if cache.model_epoch != self._model_epoch:
+                # Only models moved (a swap): the ids still resolve to the same actors; regroup.
+                cache.groups, cache.layout = self._group(cache.actors)
+                cache.model_epoch = self._model_epoch
             return cache
         actors = [self._actor(i) for i in key]
         if len(set(key)) != len(key):
             raise ObservationError("the ids of one request must be distinct")
         res = self._group(actors)
-        self._cache = _Resolved(key=key, epoch=self._epoch, actors=actors, groups=res[0], layout=res[1])
+        self._cache = _Resolved(key=key, epoch=self._epoch, model_epoch=self._model_epoch, actors=actors,
+                                groups=res[0], layout=res[1])
         return self._cache
 
     @staticmethod
