@@ -130,6 +130,25 @@ def test_stale_steps_are_dropped_and_counted() -> None:
     assert keep_all.buffered_steps == 2
 
 
+def test_non_finite_and_empty_trajectories() -> None:
+    algo = PPO(OBS, Discrete(2))
+    bad = traj(3)
+    bad.reward = np.array([0.0, np.nan, 1.0], np.float32)
+    with pytest.raises(ObservationError, match="finite"):
+        algo.receive_trajectory(bad)
+    bad = traj(3)
+    bad.obs[1, 0] = np.inf
+    with pytest.raises(ObservationError, match="finite"):
+        algo.receive_trajectory(bad)
+    assert algo.buffered_steps == 0
+    empty = traj(1)
+    for k in ("obs", "act", "reward", "done", "logp", "value", "model_version"):
+        setattr(empty, k, getattr(empty, k)[:0])
+    assert algo.receive_trajectory(empty) is False
+    assert algo.buffered_steps == 0
+    assert algo.train()["steps"] == 0.0
+
+
 @pytest.mark.parametrize(
     ("bad", "match"),
     [
@@ -163,15 +182,20 @@ def test_receive_during_train_goes_to_the_next_update() -> None:
             return super()._make_batch(trajs)
 
     algo = Slow(OBS, Discrete(2), config={"num_envs": 1, "n_steps": 4})
+    before = algo.export_model()
     algo.receive_trajectory(traj(4))
     result: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: result.update(algo.train()))
     worker.start()
     assert started.wait(10)
     assert algo.receive_trajectory(traj(5)) is True  # received while training: buffered for next time
+    during = algo.export_model()  # does not wait for the update: the current version's model
+    assert during.version == 0 and during.data == before.data
     proceed.set()
     worker.join(10)
     assert result["steps"] == 4.0
+    after = algo.export_model()
+    assert after.version == 1 and after.data != before.data
     assert algo.buffered_steps == 5
     assert algo.train()["steps"] == 5.0
 

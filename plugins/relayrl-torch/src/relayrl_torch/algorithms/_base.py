@@ -124,6 +124,7 @@ class ActorCriticAlgorithm(Algorithm):
         self._updates = 0
         self._steps_trained = 0
         self._steps_dropped = 0
+        self._export_cache: tuple[int, ModelModule] | None = None
 
     # --- hooks for subclasses -------------------------------------------------------------
 
@@ -188,6 +189,10 @@ class ActorCriticAlgorithm(Algorithm):
 
     def _check(self, traj: Trajectory) -> None:
         n = len(traj)
+        if n and not (np.isfinite(traj.reward).all() and np.isfinite(traj.logp).all()):
+            raise ObservationError("trajectory rewards and log-probabilities must be finite (found NaN or inf)")
+        if n and traj.obs.dtype.kind == "f" and not np.isfinite(traj.obs).all():
+            raise ObservationError("trajectory observations must be finite (found NaN or inf)")
         if traj.obs.shape[1:] != self._obs_shape:
             raise ObservationError(f"trajectory observations have shape {traj.obs.shape[1:]}, "
                                    f"expected {self._obs_shape}")
@@ -236,6 +241,8 @@ class ActorCriticAlgorithm(Algorithm):
         self._check(traj)
         with self._lock:
             n = len(traj)
+            if n == 0:
+                return self._buffered_steps >= self.steps_per_update
             fresh = self._fresh_suffix(traj, self._version)
             kept = 0 if fresh is None else len(fresh)
             self._dropped_at_receive += n - kept
@@ -407,11 +414,34 @@ class ActorCriticAlgorithm(Algorithm):
 
         With observation normalisation on, the statistics are baked into the model. With reward
         normalisation on, the exported value output is in environment reward units.
+
+        The module is built once per update and cached, so calling this often is cheap; while
+        :meth:`train` runs in another thread it returns the model of the current version
+        without waiting (weights are never read half-updated). Modifying the networks by hand
+        is not noticed by the cache: call :meth:`train` or :meth:`load_state` instead.
         """
         with self._lock:
             if version is not None:
                 self._version = int(version)
             v = self._version
+        locked = self._train_lock.acquire(blocking=False)
+        try:
+            cached = self._export_cache
+            if cached is None or cached[0] != self._updates:
+                if not locked:
+                    self._train_lock.acquire()  # only when no export of this version exists yet
+                    locked = True
+                cached = self._export_cache
+                if cached is None or cached[0] != self._updates:
+                    cached = (self._updates, self._build_export(v))
+                    self._export_cache = cached
+            module = cached[1]
+            return module if module.version == v else module.with_version(v)
+        finally:
+            if locked:
+                self._train_lock.release()
+
+    def _build_export(self, v: int) -> ModelModule:
         cfg = self._cfg
         norm: dict[str, Any] = {}
         if self.obs_rms is not None:
@@ -533,6 +563,7 @@ class ActorCriticAlgorithm(Algorithm):
             if self.ret_rms is not None and state["ret_rms"] is not None:
                 self.ret_rms.load(state["ret_rms"])
             self._load_extra_state(state)
+            self._export_cache = None
             self._rng.bit_generator.state = meta["rng"]
             self._version = int(meta["version"])
             self._updates = int(meta["updates"])
