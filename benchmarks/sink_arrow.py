@@ -10,7 +10,8 @@ until ``aclose()`` returned (everything written, files closed). Reported per sin
   writer task's scheduling and batching), i.e. what the sink takes from the hot path directly;
 * the writer thread's CPU per step (process CPU time minus the event loop's: encoding and file
   writes, off the event loop but competing for the GIL and the 2 cores);
-* both as a share of a 1 µs/step hot path (the agent's goal is >= 1,000,000 actions/s).
+* both as a share of a 1 µs/step hot path (the agent's goal is >= 1,000,000 actions/s);
+* how fast ``relayrl.read_trajectories`` reads the files back (first repeat).
 
 Run: ``.venv/bin/python benchmarks/sink_arrow.py [--trajectories N] [--repeats R]``.
 """
@@ -72,6 +73,7 @@ async def push(sink: TrajectorySink, trajs: list[relayrl.Trajectory]) -> tuple[f
 def measure(name: str, factory: Any, trajs: list[relayrl.Trajectory], repeats: int,
             **kwargs: Any) -> list[object]:
     walls, cpus, loops, sizes = [], [], [], []
+    read_s = float("nan")
     for _ in range(repeats):
         tmp = tempfile.mkdtemp(prefix="relayrl-sink-bench-")
         try:
@@ -87,7 +89,9 @@ def measure(name: str, factory: Any, trajs: list[relayrl.Trajectory], repeats: i
                 back = sink.drain()
                 assert len(back) == len(trajs) and back[0] is trajs[0]
             elif _ == 0:  # check the data once
+                r0 = time.perf_counter()
                 back = relayrl.read_trajectories(tmp)
+                read_s = time.perf_counter() - r0
                 assert len(back) == len(trajs) and back[0] == trajs[0] and back[-1] == trajs[-1]
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -96,7 +100,8 @@ def measure(name: str, factory: Any, trajs: list[relayrl.Trajectory], repeats: i
     loop_ns, writer_ns = loop / steps * 1e9, max(cpu - loop, 0.0) / steps * 1e9
     return [name, len(trajs), steps, steps / wall, f"{min(walls) * 1e3:.0f}-{max(walls) * 1e3:.0f}",
             sizes[0] / 1e6, loop_ns, writer_ns, f"{100 * loop_ns / HOT_PATH_NS_PER_STEP:.1f} %",
-            f"{100 * (loop_ns + writer_ns) / HOT_PATH_NS_PER_STEP:.1f} %"]
+            f"{100 * (loop_ns + writer_ns) / HOT_PATH_NS_PER_STEP:.1f} %",
+            "-" if read_s != read_s else f"{steps / read_s:,.0f}"]
 
 
 def main() -> None:
@@ -130,7 +135,7 @@ def main() -> None:
     table(
         f"Trajectory sinks: {n} x {STEPS}-step CartPole-like trajectories, one producer, median of {args.repeats}",
         ["sink", "trajectories", "steps", "steps/s", "wall ms (min-max)", "MB written", "loop CPU ns/step",
-         "writer CPU ns/step", "loop vs 1 µs/step", "all CPU vs 1 µs/step"],
+         "writer CPU ns/step", "loop vs 1 µs/step", "all CPU vs 1 µs/step", "read_trajectories steps/s"],
         rows,
     )
 

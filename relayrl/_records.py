@@ -344,8 +344,8 @@ def read_trajectories(path: str | os.PathLike[str], *, allow_truncated: bool = F
         The trajectories, in the order they were handed to the sink (runs ordered by run id,
         which starts with the UTC time the sink was created), each equal (``==``) to the one
         written: the same arrays (dtype, shape, NaN included), ``mask`` or None, ``extras``,
-        ids, episode, env id, flags, final observation and timestamps. Arrays may be views into
-        one larger array per file.
+        ids, episode, env id, flags, final observation and timestamps. The arrays are writable
+        and owned by the caller (slices of one array per column and file, not of file memory).
 
     Raises:
         SinkError: (an :class:`OSError`) If the path does not exist, or a file is not a relayrl
@@ -407,7 +407,8 @@ def _parse_meta(raw: bytes | str | None, file: str) -> dict[str, Any]:
 def _read_ipc(file: str, allow_truncated: bool) -> tuple[Any, dict[str, Any]]:
     pa = require_pyarrow()
     batches = []
-    with pa.OSFile(file, "rb") as source:
+    # A memory map: no read into a buffer first (decoding copies what it keeps, so the map is not kept alive).
+    with pa.memory_map(file, "r") as source:
         reader = pa.ipc.open_stream(source)
         meta = _parse_meta((reader.schema.metadata or {}).get(META_KEY), file)
         while True:
@@ -520,7 +521,11 @@ def _decode(table: Any, meta: dict[str, Any], file: str) -> list[tuple[str, int,
             values = flat.astype(dtype, copy=False).reshape(n_rows, *shape)
         else:
             values = _to_numpy(table.column(name), dtype, shape)
-        columns[name] = values if all_real else values[real]
+        if not all_real:
+            values = values[real]  # a copy
+        elif not values.flags.writeable:  # a read-only view of Arrow memory: give the caller its own arrays
+            values = values.copy()
+        columns[name] = values
     real_starts = np.cumsum(np.concatenate([[0], steps[starts][:-1]]))
     lengths = steps[starts]
 
@@ -537,7 +542,7 @@ def _decode(table: Any, meta: dict[str, Any], file: str) -> list[tuple[str, int,
     else:
         fcol = table.column("final_obs").take(pa.array(last)).combine_chunks()
         present = np.asarray(fcol.value_lengths().to_numpy(zero_copy_only=False)) > 0
-        fin = _to_numpy(fcol.flatten(), fdtype, fshape)
+        fin = _to_numpy(fcol.flatten(), fdtype, fshape).copy()
         where = np.cumsum(present) - 1
         final_obs = [fin[where[i]] if present[i] else None for i in range(len(last))]
 

@@ -78,6 +78,9 @@ async def test_round_trip_every_kind_of_trajectory(cls: FileSink, tmp_path: Path
     for got, want in zip(back, trajs):
         assert got == want, (got, want)
         assert got.obs.dtype == want.obs.dtype and got.obs.shape == want.obs.shape
+        arrays = [got.obs, got.act, got.reward, got.done, got.logp, got.value, got.model_version,
+                  *got.extras.values()] + [a for a in (got.mask, got.final_obs) if a is not None]
+        assert all(a.flags.writeable for a in arrays)  # the caller's own arrays, not views of file memory
         assert (got.mask is None) == (want.mask is None)
         assert (got.final_obs is None) == (want.final_obs is None)
     # One file reads the same as the directory (for that file's trajectories).
