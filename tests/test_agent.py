@@ -738,3 +738,59 @@ async def test_big_batches_of_gil_releasing_backends_run_in_a_worker_thread() ->
         assert len(errors) == 1 and agent.statistics().steps_recorded == before
         await agent.flag_last_action(ids[1:8])
     assert sorted(len(t) for t in sink.drain()) == [1] * 10
+
+
+class GatedSink(TrajectorySink):
+    """Accepts trajectories only while its gate is open (a slow disk); keeps them all."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=1)
+        self.gate = trio.Event()
+        self.got: list[relayrl.Trajectory] = []
+        self.closed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await self.closed.wait()
+
+    async def put(self, traj: relayrl.Trajectory) -> None:
+        await self.gate.wait()
+        self.got.append(traj)
+
+    def put_nowait(self, traj: relayrl.Trajectory) -> None:
+        raise trio.WouldBlock
+
+    async def aclose(self) -> None:
+        self.closed.set()
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> SinkStatistics:
+        return SinkStatistics(written=len(self.got))
+
+
+async def test_a_slow_sink_backpressures_the_producer_and_loses_nothing() -> None:
+    from relayrl._agent import OUTBOX_SIZE
+
+    sink = GatedSink()
+    async with relayrl.open_agent(model(), actors=1, sinks=[sink]) as agent:
+        ids = agent.actor_ids
+        produced = 0
+        blocked = False
+
+        async def producer() -> None:
+            nonlocal produced
+            for t in range(OUTBOX_SIZE + 5):
+                await agent.request_action(ids, obs_for(1, t))
+                await agent.flag_last_action(ids, reward=float(t))
+                produced += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            await trio.testing.wait_all_tasks_blocked()
+            # the emitter holds one trajectory, its channel OUTBOX_SIZE more: the producer waits
+            blocked = produced < OUTBOX_SIZE + 5
+            assert produced == OUTBOX_SIZE + 1
+            sink.gate.set()
+        assert blocked
+    assert [t.reward[0] for t in sink.got] == [float(t) for t in range(OUTBOX_SIZE + 5)]
+    assert agent.statistics().steps_dropped == 0
