@@ -1512,13 +1512,8 @@ def _queue_depth_callback(ref: weakref.ref[Agent]) -> Callable[[CallbackOptions]
 
 
 def _unwrap(eg: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The only leaf exception of a group (through nested groups), or None if there are several."""
-    exc: BaseException = eg
-    while isinstance(exc, BaseExceptionGroup):
-        if len(exc.exceptions) != 1:
-            return None
-        exc = exc.exceptions[0]
-    return exc
+    """The only exception in the nursery's group (itself a group if the body raised one), or None."""
+    return eg.exceptions[0] if len(eg.exceptions) == 1 else None
 
 
 @asynccontextmanager

@@ -794,3 +794,14 @@ async def test_a_slow_sink_backpressures_the_producer_and_loses_nothing() -> Non
         assert blocked
     assert [t.reward[0] for t in sink.got] == [float(t) for t in range(OUTBOX_SIZE + 5)]
     assert agent.statistics().steps_dropped == 0
+
+
+async def test_a_group_raised_by_the_body_is_not_unwrapped_further() -> None:
+    async def body() -> None:
+        async with relayrl.open_agent(model(), actors=1):
+            raise ExceptionGroup("mine", [ValueError("a")])
+
+    with pytest.raises(ExceptionGroup) as info:
+        await body()
+    assert info.value.message == "mine"
+    assert isinstance(info.value.exceptions[0], ValueError)
