@@ -35,8 +35,10 @@ pyarrow is imported lazily: ``import relayrl`` never imports it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
@@ -47,7 +49,7 @@ import numpy.typing as npt
 from ._errors import BackendUnavailableError, SinkError
 from ._trajectory import Trajectory
 
-__all__ = ["FORMATS", "Encoder", "read_trajectories", "require_pyarrow", "signature"]
+__all__ = ["FORMATS", "Encoder", "check_pyarrow", "read_trajectories", "require_pyarrow", "signature"]
 
 FORMAT_NAME: Final = "relayrl.trajectories"
 FORMAT_VERSION: Final = 1
@@ -66,15 +68,32 @@ Array = npt.NDArray[Any]
 Signature = tuple[tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...], tuple[np.dtype[Any], tuple[int, ...]]]
 
 
+_NO_PYARROW: Final = (
+    "writing or reading trajectory files needs pyarrow: pip install pyarrow (or pip install 'relayrl[arrow]')"
+)
+
+
 def require_pyarrow() -> Any:
     """Import pyarrow or raise an error that says how to install it."""
     try:
         import pyarrow
+        import pyarrow.ipc
     except ImportError as exc:
-        raise BackendUnavailableError(
-            "writing or reading trajectory files needs pyarrow: pip install pyarrow (or pip install 'relayrl[arrow]')"
-        ) from exc
+        raise BackendUnavailableError(_NO_PYARROW) from exc
     return pyarrow
+
+
+def check_pyarrow() -> None:
+    """Raise the error of :func:`require_pyarrow` if pyarrow is missing, without importing it (that takes ~0.3 s)."""
+    if "pyarrow" in sys.modules:
+        missing = sys.modules["pyarrow"] is None
+    else:
+        try:
+            missing = importlib.util.find_spec("pyarrow") is None
+        except (ImportError, ValueError):
+            missing = True
+    if missing:
+        raise BackendUnavailableError(_NO_PYARROW)
 
 
 def _step_columns(traj: Trajectory) -> Iterator[tuple[str, Array]]:

@@ -716,7 +716,7 @@ class _FileSink(_BufferedSink):
         prefix: str = "trajectories",
         run_id: str | None = None,
     ) -> None:
-        _records.require_pyarrow()
+        _records.check_pyarrow()  # imported by the writer thread: never on the event loop
         super().__init__(capacity=capacity, overflow=overflow, batch_steps=batch_steps, flush_interval=flush_interval)
         self._dir = os.fspath(path)
         if max_file_bytes is not None:
@@ -758,6 +758,7 @@ class _FileSink(_BufferedSink):
         return _records.signature(traj)
 
     def _prepare(self) -> None:
+        _records.require_pyarrow()
         os.makedirs(self._dir, exist_ok=True)
 
     def _write(self, entries: list[tuple[int, object, Trajectory]]) -> None:
