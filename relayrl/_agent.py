@@ -1143,7 +1143,9 @@ class Agent:
         lay = res.layout
         o = _as_obs(obs, n, lay)
         m = None if mask is None else _as_mask(mask, n, lay)
-        r = None if reward is None else _as_reward(reward, n)
+        r: Array | float | None = None
+        if reward is not None:
+            r = _scalar_reward(reward) if type(reward) is float or type(reward) is int else _as_reward(reward, n)
         ex = None if extras is None else _as_extras(extras, n)
         if ex:
             _check_extras(res.groups, ex)
@@ -1224,37 +1226,39 @@ class Agent:
 
     def _record_group(
         self, g: _Group, actors: list[Actor], o: Array, act: Array, logp: Array, value: Array, version: Array,
-        m: Array | None, r: Array | None, ex: dict[str, Array] | None, emits: list[tuple[Actor, Trajectory]],
+        m: Array | None, r: Array | float | None, ex: dict[str, Array] | None,
+        emits: list[tuple[Actor, Trajectory]],
     ) -> None:
         """Write one group's rows into its store with one fancy-index assignment per column."""
         store = g.store
         rows = g.rows
         sl = g.slots
         p = store.pos[sl]
-        if r is not None:
-            has = p > 0
-            rr = r if rows is None else r[rows]
-            flat = sl * store.cap + p - 1
-            if has.all():
-                store.reward_f[flat] = rr
-            elif has.any():
-                store.reward_f[flat[has]] = rr[has]
-        full = p >= self._max_len
-        if full.any():
+        # Two reductions answer every question below (any first steps? any full trajectories?).
+        pmin = int(p.min())
+        pmax = int(p.max())
+        if r is not None and pmax > 0:
+            rr = r if rows is None or isinstance(r, float) else r[rows]
+            if pmin > 0:
+                store.reward_f[sl * store.cap + p - 1] = rr
+            else:
+                has = p > 0
+                store.reward_f[(sl * store.cap + p - 1)[has]] = rr if isinstance(rr, float) else rr[has]
+        if pmax >= self._max_len:
             now = time.time()
-            for k in np.flatnonzero(full).tolist():
+            for k in np.flatnonzero(p >= self._max_len).tolist():
                 row = k if rows is None else int(rows[k])
                 actor = actors[row]
                 traj = store.take(actor.slot, actor, terminal=False, truncated=True, final_obs=o[row], now=now)
                 if traj is not None:
                     emits.append((actor, traj))
             p = store.pos[sl]
-        top = int(p.max()) + 1
-        if top > store.cap:
-            store.ensure_steps(top)
-        fresh = p == 0
-        if fresh.any():
-            store.start[sl[fresh]] = time.time()
+            pmin = int(p.min())
+            pmax = int(p.max())
+        if pmax + 1 > store.cap:
+            store.ensure_steps(pmax + 1)
+        if pmin == 0:
+            store.start[sl[p == 0]] = time.time()
         flat = sl * store.cap + p
         if rows is None:
             store.obs_f[flat] = o
