@@ -243,7 +243,8 @@ class MemorySink(TrajectorySink):
     """Keeps the most recent trajectories of each actor in memory, for :meth:`drain`.
 
     Args:
-        capacity_per_actor: How many trajectories are held per actor id.
+        capacity_per_actor: How many trajectories are held per actor id (``capacity=`` is accepted
+            as the same, the keyword every sink takes).
         overflow: What happens when an actor already has ``capacity_per_actor`` trajectories
             held. The default, ``"drop_oldest"``, evicts that actor's oldest one: a memory sink
             is a window on the most recent data, and nobody may be draining it, so it must not
@@ -258,7 +259,12 @@ class MemorySink(TrajectorySink):
     .. versionadded:: 0.1
     """
 
-    def __init__(self, capacity_per_actor: int = 1000, *, overflow: Overflow = "drop_oldest") -> None:
+    def __init__(self, capacity_per_actor: int = 1000, *, overflow: Overflow = "drop_oldest",
+                 capacity: int | None = None) -> None:
+        if capacity is not None:  # the keyword every sink takes; here it means the same
+            if capacity_per_actor not in (1000, capacity):
+                raise ConfigError(f"give capacity_per_actor or capacity, not both ({capacity_per_actor} != {capacity})")
+            capacity_per_actor = capacity
         super().__init__(capacity=_check_capacity(capacity_per_actor, "capacity_per_actor"), overflow=overflow)
         self._held: dict[uuid.UUID, collections.deque[tuple[int, Trajectory]]] = {}
         self._seq = itertools.count()

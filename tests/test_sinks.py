@@ -33,6 +33,15 @@ def test_bad_capacity_is_a_config_error(capacity: object) -> None:
         MemorySink(capacity)  # type: ignore[arg-type]
 
 
+def test_capacity_keyword_is_capacity_per_actor() -> None:
+    assert MemorySink(capacity=7).capacity == 7
+    assert MemorySink(7, capacity=7).capacity == 7
+    with pytest.raises(relayrl.ConfigError, match="not both"):
+        MemorySink(5, capacity=7)
+    with pytest.raises(relayrl.ConfigError, match="capacity"):
+        MemorySink(capacity=0)
+
+
 def test_defaults() -> None:
     sink = MemorySink()
     assert sink.capacity == 1000
