@@ -96,15 +96,6 @@ def check_pyarrow() -> None:
         raise BackendUnavailableError(_NO_PYARROW)
 
 
-def _step_columns(traj: Trajectory) -> Iterator[tuple[str, Array]]:
-    for name in STEP_FIELDS:
-        yield name, getattr(traj, name)
-    if traj.mask is not None:
-        yield "mask", traj.mask
-    for name in sorted(traj.extras):
-        yield EXTRA_PREFIX + name, traj.extras[name]
-
-
 #: The dtypes files can hold, once checked (a cache: ``signature`` runs in every ``put``).
 _DTYPES_OK: set[np.dtype[Any]] = set()
 
@@ -446,12 +437,11 @@ def _read_ipc(file: str, allow_truncated: bool) -> tuple[Any, dict[str, Any]]:
 
 
 def _read_parquet(file: str) -> tuple[Any, dict[str, Any]]:
-    pa = require_pyarrow()
+    require_pyarrow()
     import pyarrow.parquet as pq
 
     table = pq.read_table(file)
     meta = _parse_meta((table.schema.metadata or {}).get(META_KEY), file)
-    del pa
     return table, meta
 
 
