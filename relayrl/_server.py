@@ -239,8 +239,9 @@ class TrainingServer:
     async def checkpoint(self) -> Path | None:
         """Write a checkpoint now (None without a ``checkpoint_dir``); returns its directory.
 
-        The algorithm's ``save_state`` runs in a worker thread; the checkpoint appears
-        atomically (``LATEST`` is switched by a rename once everything is written).
+        The algorithm's ``save_state`` runs in a worker thread, never during an update (it
+        waits for a running one to publish); the checkpoint appears atomically (``LATEST`` is
+        switched by a rename once everything is written).
         """
         if self.checkpoint_dir is None:
             await trio.lowlevel.checkpoint()
@@ -345,6 +346,7 @@ class TrainingServer:
         steps, self._steps_since = self._steps_since, 0
         span = self._telemetry.start_span(SPAN_TRAIN_EPOCH, {ATTR_MODEL_VERSION: next_version, ATTR_STEPS: steps})
         t0 = time.perf_counter()
+
         def work() -> tuple[Mapping[str, float], ModelModule]:
             # One worker-thread hand-over per update: each costs up to a GIL switch interval.
             stats = self.algorithm.train()
@@ -352,15 +354,17 @@ class TrainingServer:
             self._record_published(next_version)
             return stats, model
 
-        try:
-            stats, model = await trio.to_thread.run_sync(work)
-        except BaseException as exc:
-            self._telemetry.end_span(span, exc)
-            raise
-        train_time = time.perf_counter() - t0
-        self._telemetry.end_span(span)
-        self._updates += 1
-        await self._publish(model, next_version)
+        # The lock keeps a checkpoint (save_state in another worker thread) out of a running update.
+        async with self._lock:
+            try:
+                stats, model = await trio.to_thread.run_sync(work)
+            except BaseException as exc:
+                self._telemetry.end_span(span, exc)
+                raise
+            train_time = time.perf_counter() - t0
+            self._telemetry.end_span(span)
+            self._updates += 1
+            await self._publish(model, next_version)
         if not self._ready.is_set():
             self._pending = False
         record = UpdateRecord(version=next_version, stats=dict(stats), steps=steps, total_steps=self._steps,

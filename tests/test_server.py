@@ -287,3 +287,37 @@ async def test_agent_in_training_data_mode_end_to_end() -> None:
         assert server.statistics().steps == sent_steps
         assert sink.statistics().steps_written == sent_steps and client.statistics().unacked == 0
     assert a.received_steps == sent_steps
+
+
+async def test_explicit_checkpoint_waits_for_a_running_update(tmp_path: Path) -> None:
+    t = transports.InprocTransport()
+    a = algo()
+    gate = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    original = a.train
+
+    def gated_train() -> Any:
+        trio.from_thread.run(gate.wait, trio_token=token)
+        return original()
+
+    a.train = gated_train  # type: ignore[method-assign]
+    async with relayrl.open_training_server(a, transport=t, checkpoint_dir=tmp_path) as server, \
+            t.open_client() as client, trio.open_nursery() as nursery:
+        await client.send_trajectories([make_traj(10)])
+        await client.flush()
+        assert server.update_pending
+        done: list[Path | None] = []
+
+        async def take() -> None:
+            done.append(await server.checkpoint())
+
+        nursery.start_soon(take)
+        await trio.sleep(0.05)
+        assert done == []  # blocked behind the update
+        gate.set()
+        with trio.fail_after(10):
+            await server.wait_for_version(1)
+            while not done:  # noqa: ASYNC110
+                await trio.sleep(0.001)
+        path = done[0]
+        assert path is not None and path.name.startswith("ckpt-00000001")
