@@ -729,10 +729,8 @@ class Agent:
                             await sink.put(traj)
                         except Exception as exc:
                             # A failing sink loses this trajectory for that sink: count it, never die.
-                            self._n_dropped += n
+                            self._count_dropped(n)
                             self._tel.count_failure(exc)
-                            if self._metering:
-                                self._tel.dropped_steps.add(n)
                             logger.error("sink %r rejected a trajectory of actor %s (%d steps): %s: %s",
                                          sink, traj.actor_id, n, type(exc).__name__, exc)
                     actor.pending_steps -= n
@@ -1447,18 +1445,26 @@ class Agent:
             if self._metering:
                 self._tel.trajectories.add(1)
             try:
-                actor.outbox.send_nowait(traj)
-            except trio.WouldBlock:
                 try:
-                    await actor.outbox.send(traj)
-                except BaseException:
-                    actor.pending_steps -= n
-                    self._n_dropped += n
-                    raise
+                    actor.outbox.send_nowait(traj)
+                except trio.WouldBlock:
+                    await actor.outbox.send(traj)  # backpressure: the actor's emitter is behind
             except (trio.ClosedResourceError, trio.BrokenResourceError):  # pragma: no cover - defensive
+                # The actor was removed while this trajectory waited for room in its channel.
                 actor.pending_steps -= n
-                self._n_dropped += n
-                logger.error("actor %s emitter is gone; %d steps dropped", actor.id, n)
+                self._count_dropped(n)
+                logger.error("actor %s was removed before its trajectory (%d steps) could be delivered",
+                             actor.id, n)
+            except BaseException:
+                # Cancelled while waiting for room: the trajectory is lost, and counted.
+                actor.pending_steps -= n
+                self._count_dropped(n)
+                raise
+
+    def _count_dropped(self, n: int) -> None:
+        self._n_dropped += n
+        if self._metering:
+            self._tel.dropped_steps.add(n)
 
     # -- shutdown ----------------------------------------------------------------------------------
 
@@ -1491,10 +1497,12 @@ class Agent:
             for sink in self._sinks:
                 await sink.aclose()
         if scope.cancelled_caught:
+            # Steps handed to actor tasks but not through every sink, and steps still in progress
+            # if the deadline passed before they could even be flushed.
             lost = sum(max(a.pending_steps, 0) for a in [*self._actors.values(), *self._retired])
-            self._n_dropped += lost
-            if lost and self._metering:
-                self._tel.dropped_steps.add(lost)
+            lost += sum(int(a.store.pos[a.slot]) for a in self._actors.values() if a.store is not None)
+            if lost:
+                self._count_dropped(lost)
             logger.error("agent shutdown passed its %.3g s grace period; %d steps were not delivered",
                          self._grace, lost)
 
