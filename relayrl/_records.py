@@ -25,6 +25,10 @@ column             Arrow type                  meaning
                                                final observation, empty otherwise (CSV: nullable columns)
 =================  ==========================  ===========================================================
 
+In Arrow files the trajectory-level columns (``traj``, ``steps``, ``actor_id``, ``episode``,
+``env_id``, ``truncated``, the times) are run-end encoded, one run per trajectory, so they cost
+nothing per step; Parquet and CSV repeat them on every row.
+
 The exact dtypes and shapes live in the schema metadata under ``relayrl.trajectories`` (a JSON
 object; for CSV, on the first line after ``#relayrl-trajectories``), so :func:`read_trajectories`
 restores arrays equal to the ones written. Trajectories whose columns differ in dtype or shape
@@ -40,7 +44,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -174,22 +178,28 @@ def _arrow_array(pa: Any, flat: Array, shape: tuple[int, ...]) -> Any:
 class Encoder:
     """Builds Arrow record batches from trajectories (one signature per encoder)."""
 
-    def __init__(self, sig: Signature, run_id: str) -> None:
+    def __init__(self, sig: Signature, run_id: str, *, run_end_encoded: bool = False) -> None:
         self.pa = require_pyarrow()
         self.sig = sig
         self.run_id = run_id
+        self.run_end_encoded = run_end_encoded
         pa = self.pa
         cols, (final_dtype, final_shape) = sig
+
+        def per_traj(t: Any) -> Any:
+            # One run per trajectory: the value is stored once, not once per step.
+            return pa.run_end_encoded(pa.int32(), t) if run_end_encoded else t
+
         fields = [
-            pa.field("traj", pa.int64(), nullable=False),
+            pa.field("traj", per_traj(pa.int64()), nullable=False),
             pa.field("step", pa.int32(), nullable=False),
-            pa.field("steps", pa.int32(), nullable=False),
-            pa.field("actor_id", pa.binary(16), nullable=False),
-            pa.field("episode", pa.int64(), nullable=False),
-            pa.field("env_id", pa.string()),
-            pa.field("truncated", pa.bool_(), nullable=False),
-            pa.field("start_time", pa.float64(), nullable=False),
-            pa.field("end_time", pa.float64(), nullable=False),
+            pa.field("steps", per_traj(pa.int32()), nullable=False),
+            pa.field("actor_id", per_traj(pa.binary(16)), nullable=False),
+            pa.field("episode", per_traj(pa.int64()), nullable=False),
+            pa.field("env_id", per_traj(pa.string())),
+            pa.field("truncated", per_traj(pa.bool_()), nullable=False),
+            pa.field("start_time", per_traj(pa.float64()), nullable=False),
+            pa.field("end_time", per_traj(pa.float64()), nullable=False),
         ]
         for name, dtype, shape in cols:
             fields.append(pa.field(name, _arrow_type(pa, np.dtype(dtype), shape), nullable=False))
@@ -220,21 +230,36 @@ class Encoder:
         if has_empty:
             step[starts[lengths == 0]] = -1
         ids = np.frombuffer(b"".join([t.actor_id.bytes for t in trajs]), dtype=np.complex128)  # 16 bytes each
+        seq = np.asarray(first_seq, dtype=np.int64)
+        episode = np.fromiter((t.episode for t in trajs), dtype=np.int64, count=n)
+        truncated = np.fromiter((t.truncated for t in trajs), dtype=bool, count=n)
+        start_time = np.fromiter((t.start_time for t in trajs), dtype=np.float64, count=n)
+        end_time = np.fromiter((t.end_time for t in trajs), dtype=np.float64, count=n)
+        env_ids = [t.env_id for t in trajs]
+        if self.run_end_encoded:
+            run_ends = pa.array((starts + rows_per).astype(np.int32))
 
-        def per_row(values: Iterator[Any], dtype: Any) -> Any:
-            return pa.array(np.repeat(np.fromiter(values, dtype=dtype, count=n), rows_per))
+            def ree(values: Any) -> Any:
+                return pa.RunEndEncodedArray.from_arrays(run_ends, values)
 
-        arrays = [
-            pa.array(np.repeat(np.asarray(first_seq, dtype=np.int64), rows_per)),
-            pa.array(step),
-            pa.array(np.repeat(lengths.astype(np.int32), rows_per)),
-            pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows, [None, pa.py_buffer(np.repeat(ids, rows_per))]),
-            per_row((t.episode for t in trajs), np.int64),
-            _repeat_strings(pa, [t.env_id for t in trajs], rows_per, rows),
-            per_row((t.truncated for t in trajs), bool),
-            per_row((t.start_time for t in trajs), np.float64),
-            per_row((t.end_time for t in trajs), np.float64),
-        ]
+            traj_cols = [
+                ree(pa.array(seq)), pa.array(step), ree(pa.array(lengths.astype(np.int32))),
+                ree(pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(ids)])),
+                ree(pa.array(episode)), ree(pa.array(env_ids, type=pa.string())), ree(pa.array(truncated)),
+                ree(pa.array(start_time)), ree(pa.array(end_time)),
+            ]
+        else:
+            # Repeated once per row: np.repeat is much faster than fancy indexing.
+            traj_cols = [
+                pa.array(np.repeat(seq, rows_per)), pa.array(step),
+                pa.array(np.repeat(lengths.astype(np.int32), rows_per)),
+                pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows,
+                                                     [None, pa.py_buffer(np.repeat(ids, rows_per))]),
+                pa.array(np.repeat(episode, rows_per)), _repeat_strings(pa, env_ids, rows_per, rows),
+                pa.array(np.repeat(truncated, rows_per)), pa.array(np.repeat(start_time, rows_per)),
+                pa.array(np.repeat(end_time, rows_per)),
+            ]
+        arrays = traj_cols
         cols, (final_dtype, final_shape) = self.sig
         for name, dtype, shape in cols:
             parts = [_column(t, name) for t in trajs]
@@ -480,39 +505,77 @@ def _read_csv(file: str) -> tuple[Any, dict[str, Any]]:
     return table, meta
 
 
+def _runs(pa: Any, col: Any) -> tuple[Any, Array] | None:
+    """For a run-end encoded column: (the value of each run, the rows of each run); else None."""
+    if not pa.types.is_run_end_encoded(col.type):
+        return None
+    values, lengths = [], []
+    for chunk in col.chunks:
+        if chunk.offset != 0 or len(chunk) == 0:
+            return None  # a slice: not worth special-casing
+        run_ends = np.asarray(chunk.run_ends.to_numpy(), dtype=np.int64)
+        if run_ends.size == 0 or run_ends[-1] != len(chunk):
+            return None
+        values.append(chunk.values)
+        lengths.append(np.diff(run_ends, prepend=0))
+    if not values:
+        return None
+    return pa.concat_arrays(values), np.concatenate(lengths)
+
+
 def _decode(table: Any, meta: dict[str, Any], file: str) -> list[tuple[str, int, Trajectory]]:
     pa = require_pyarrow()
+    import pyarrow.compute as pc
     run_id = str(meta.get("run_id", ""))
     n_rows = table.num_rows
     if n_rows == 0:
         return []
-    traj = table.column("traj").to_numpy()
     step = table.column("step").to_numpy()
-    steps = table.column("steps").to_numpy()
     csv = pa.types.is_string(table.schema.field("actor_id").type)
-    bounds = np.flatnonzero(np.diff(traj)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [n_rows]])
-    expected = np.maximum(steps[starts], 1)
+    runs = _runs(pa, table.column("traj"))
+    if runs is not None:  # Arrow files: trajectory-level columns are run-end encoded, one run per trajectory
+        traj_arrow, run_lengths = runs
+        traj = np.asarray(traj_arrow.to_numpy())
+        starts = np.concatenate([[0], np.cumsum(run_lengths)[:-1]]).astype(np.int64)
+        ends = starts + run_lengths
+    else:
+        traj_rows = table.column("traj").to_numpy()
+        bounds = np.flatnonzero(np.diff(traj_rows)) + 1
+        starts = np.concatenate([[0], bounds]).astype(np.int64)
+        ends = np.concatenate([bounds, [n_rows]]).astype(np.int64)
+        traj = traj_rows[starts]
+
+    def per_traj_arrow(name: str) -> Any:
+        col = table.column(name)
+        runs = _runs(pa, col)
+        if runs is not None and np.array_equal(runs[1], ends - starts):
+            return runs[0]
+        if pa.types.is_run_end_encoded(col.type):
+            col = pc.run_end_decode(col)
+        return col.take(pa.array(starts))
+
+    def per_traj(name: str) -> Array:
+        picked: Array = np.asarray(per_traj_arrow(name).to_numpy(zero_copy_only=False))
+        return picked
+
+    steps = per_traj("steps")
+    expected = np.maximum(steps, 1)
     bad = np.flatnonzero(ends - starts != expected)
     if bad.size:
         i = int(bad[0])
-        raise SinkError(f"{file}: trajectory {int(traj[starts[i]])} has {int(ends[i] - starts[i])} rows, "
+        raise SinkError(f"{file}: trajectory {int(traj[i])} has {int(ends[i] - starts[i])} rows, "
                         f"expected {int(expected[i])} (the file is truncated or corrupt)")
 
-    def per_traj(name: str) -> Array:
-        values: Array = np.asarray(table.column(name).to_numpy(zero_copy_only=False))
-        picked: Array = values[starts]
-        return picked
-
     if csv:
-        actor_ids = [uuid.UUID(s) for s in table.column("actor_id").take(pa.array(starts)).to_pylist()]
+        actor_ids = [uuid.UUID(s) for s in per_traj_arrow("actor_id").to_pylist()]
     else:
-        col = table.column("actor_id").take(pa.array(starts)).combine_chunks()
+        col = per_traj_arrow("actor_id")
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
         raw = np.frombuffer(col.buffers()[1], dtype=np.uint8)[col.offset * 16: (col.offset + len(col)) * 16]
         actor_ids = [uuid.UUID(bytes=raw[i * 16:(i + 1) * 16].tobytes()) for i in range(len(col))]
     episodes = per_traj("episode")
-    env_ids = table.column("env_id").take(pa.array(starts)).to_pylist()
+    env_ids = per_traj_arrow("env_id").to_pylist()
     truncated = per_traj("truncated")
     start_time = per_traj("start_time")
     end_time = per_traj("end_time")
@@ -535,8 +598,8 @@ def _decode(table: Any, meta: dict[str, Any], file: str) -> list[tuple[str, int,
         elif not values.flags.writeable:  # a read-only view of Arrow memory: give the caller its own arrays
             values = values.copy()
         columns[name] = values
-    real_starts = np.cumsum(np.concatenate([[0], steps[starts][:-1]]))
-    lengths = steps[starts]
+    real_starts = np.cumsum(np.concatenate([[0], steps[:-1]]))
+    lengths = steps
 
     fdtype, fshape = np.dtype(meta["final_obs"]["dtype"]), tuple(meta["final_obs"]["shape"])
     last = ends - 1
@@ -560,7 +623,7 @@ def _decode(table: Any, meta: dict[str, Any], file: str) -> list[tuple[str, int,
         a, b = int(real_starts[i]), int(real_starts[i] + lengths[i])
         step_cols = {name: values[a:b] for name, values in columns.items()}
         extras = {name[len(EXTRA_PREFIX):]: v for name, v in step_cols.items() if name.startswith(EXTRA_PREFIX)}
-        out.append((run_id, int(traj[starts[i]]), Trajectory(
+        out.append((run_id, int(traj[i]), Trajectory(
             obs=step_cols["obs"], act=step_cols["act"], reward=step_cols["reward"], done=step_cols["done"],
             logp=step_cols["logp"], value=step_cols["value"], model_version=step_cols["model_version"],
             mask=step_cols.get("mask"), actor_id=actor_ids[i], episode=int(episodes[i]), env_id=env_ids[i],

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, ClassVar, Final, Literal, TypeAlias
+from typing import Any, ClassVar, Final, Literal, TypeAlias, cast
 
 import attrs
 import trio
@@ -774,7 +774,8 @@ class _FileSink(_BufferedSink):
         for sig, group in groups.items():
             encoder = self._encoders.get(sig)
             if encoder is None:
-                encoder = self._encoders[sig] = _records.Encoder(sig, self._run_id)  # type: ignore[arg-type]
+                encoder = self._encoders[sig] = _records.Encoder(
+                    cast(_records.Signature, sig), self._run_id, run_end_encoded=self._format == "arrow")
             # Record batches of whole trajectories, at most batch_steps rows each (one if a trajectory is longer).
             start = 0
             while start < len(group):
