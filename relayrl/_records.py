@@ -536,6 +536,10 @@ def _decode(table: Any, meta: dict[str, Any], file: str) -> list[tuple[str, int,
     if runs is not None:  # Arrow files: trajectory-level columns are run-end encoded, one run per trajectory
         traj_arrow, run_lengths = runs
         traj = np.asarray(traj_arrow.to_numpy())
+        first = np.concatenate([[True], traj[1:] != traj[:-1]])
+        if not first.all():  # a trajectory split across record batches by another writer: merge its runs
+            run_lengths = np.bincount(np.cumsum(first) - 1, weights=run_lengths).astype(np.int64)
+            traj = traj[first]
         starts = np.concatenate([[0], np.cumsum(run_lengths)[:-1]]).astype(np.int64)
         ends = starts + run_lengths
     else:

@@ -478,3 +478,28 @@ async def test_an_existing_file_is_never_overwritten(tmp_path: Path) -> None:
             await again.aclose()
     assert again.statistics().abandoned == 1
     assert read_trajectories(first.paths[0]) == [make_traj(3, seed=1)]
+
+
+async def test_arrow_trajectory_columns_are_run_end_encoded_and_plain_files_read_too(tmp_path: Path) -> None:
+    import pyarrow.compute as pc
+
+    trajs = variety()
+    sink = await write_all(ArrowSink, tmp_path / "ree", trajs)
+    first = sink.paths[0]
+    with pa.OSFile(first, "rb") as f:
+        table = pa.ipc.open_stream(f).read_all()
+    assert pa.types.is_run_end_encoded(table.schema.field("actor_id").type)
+    assert not pa.types.is_run_end_encoded(table.schema.field("step").type)
+    assert len(table["episode"].to_numpy()) == table.num_rows  # plain pyarrow reads it like any column
+    # The same table with every column decoded (what another tool might write back) reads the same.
+    plain = pa.table({name: pc.run_end_decode(col) if pa.types.is_run_end_encoded(col.type) else col
+                      for name, col in zip(table.column_names, table.columns)}).replace_schema_metadata(
+                          table.schema.metadata)
+    (tmp_path / "plain").mkdir()
+    with pa.ipc.new_stream(str(tmp_path / "plain" / "t.arrow"), plain.schema) as w:
+        w.write_table(plain, max_chunksize=7)  # chunks that cut trajectories in two
+    assert read_trajectories(tmp_path / "plain" / "t.arrow") == read_trajectories(first)
+    # Run-end encoded record batches sliced mid-run (another writer's chunking) read the same too.
+    with pa.ipc.new_stream(str(tmp_path / "plain" / "sliced.arrow"), table.schema) as w:
+        w.write_table(table, max_chunksize=7)
+    assert read_trajectories(tmp_path / "plain" / "sliced.arrow") == read_trajectories(first)
