@@ -13,7 +13,12 @@ until ``aclose()`` returned (everything written, files closed). Reported per sin
 * both as a share of a 1 µs/step hot path (the agent's goal is >= 1,000,000 actions/s);
 * how fast ``relayrl.read_trajectories`` reads the files back (first repeat).
 
-Run: ``.venv/bin/python benchmarks/sink_arrow.py [--trajectories N] [--repeats R]``.
+A second table puts the sinks behind a real agent: 256 actors, batched ``request_action`` on a
+CartPole-sized numpy MLP (4 -> 64 -> 64 -> 2, value head), trajectories emitted every 200 steps
+(``max_traj_length=200``), actions/s of the request loop with no sink and with each sink,
+configurations interleaved, best of R rounds; "sink cost" is the loss of actions/s.
+
+Run: ``.venv/bin/python benchmarks/sink_arrow.py [--trajectories N] [--repeats R] [--steps S] [--only-arrow]``.
 """
 
 from __future__ import annotations
@@ -104,6 +109,54 @@ def measure(name: str, factory: Any, trajs: list[relayrl.Trajectory], repeats: i
             "-" if read_s != read_s else f"{steps / read_s:,.0f}"]
 
 
+async def agent_loop(sink: TrajectorySink | None, iters: int, actors: int = 256) -> tuple[float, float, int]:
+    """Return (seconds in the request loop, seconds to leave the agent (flush + close), trajectories written)."""
+    model = relayrl.mlp_policy(4, relayrl.spaces.Discrete(2), hidden=(64, 64), seed=0)
+    obs = np.random.default_rng(1).standard_normal((actors, 4)).astype(np.float32)
+    sinks = [] if sink is None else [sink]
+    async with relayrl.open_agent(model, actors=actors, seed=0, sinks=sinks, max_traj_length=STEPS) as agent:
+        ids = agent.actor_ids
+        for _ in range(20):  # warm up
+            await agent.request_action(ids, obs, reward=1.0)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            await agent.request_action(ids, obs, reward=1.0)
+        loop = time.perf_counter() - t0
+        t1 = time.perf_counter()
+    close = time.perf_counter() - t1
+    written = 0 if sink is None else sink.statistics().written
+    return loop, close, written
+
+
+def agent_table(repeats: int) -> None:
+    actors, iters = 256, 800
+    configs: list[tuple[str, Any]] = [
+        ("no sink", lambda tmp: None),
+        ("MemorySink(drop_oldest)", lambda tmp: MemorySink(10_000)),
+        ("ArrowSink", lambda tmp: ArrowSink(tmp)),
+        ("ParquetSink zstd", lambda tmp: ParquetSink(tmp)),
+    ]
+    best: dict[str, tuple[float, float, int]] = {}
+    for _ in range(repeats):
+        for name, make in configs:
+            tmp = tempfile.mkdtemp(prefix="relayrl-sink-bench-")
+            try:
+                loop, close, written = trio.run(agent_loop, make(tmp), iters, actors)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if name not in best or loop < best[name][0]:
+                best[name] = (loop, close, written)
+    base = actors * iters / best["no sink"][0]
+    rows = []
+    for name, _ in configs:
+        loop, close, written = best[name]
+        rate = actors * iters / loop
+        rows.append([name, rate, f"{100 * (1 - rate / base):.1f} %", close * 1e3, written])
+    table(f"Agent hot path with sinks: {actors} actors x {iters} batched requests, trajectories of {STEPS} steps, "
+          f"best of {repeats}",
+          ["sink", "actions/s", "sink cost", "exit (flush+close) ms", "trajectories written"], rows)
+
+
 def main() -> None:
     global STEPS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -138,6 +191,7 @@ def main() -> None:
          "writer CPU ns/step", "loop vs 1 µs/step", "all CPU vs 1 µs/step", "read_trajectories steps/s"],
         rows,
     )
+    agent_table(args.repeats)
 
 
 if __name__ == "__main__":
