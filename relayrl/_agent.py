@@ -254,6 +254,14 @@ class _Request:
     error: BaseException | None = None
     abandoned: bool = False
 
+    def abort(self, _: Any) -> trio.lowlevel.Abort:
+        """Abort function for ``wait_task_rescheduled``: cancelled before the router served it.
+
+        The router then skips the request: nothing is recorded.
+        """
+        self.abandoned = True
+        return trio.lowlevel.Abort.SUCCEEDED
+
 
 @attrs.define(eq=False)
 class _Router:
@@ -992,13 +1000,8 @@ class Agent:
                     except trio.ClosedResourceError:
                         raise AgentClosedError("the agent is closed") from None
 
-                    def abort(_: Any) -> trio.lowlevel.Abort:
-                        # Cancelled before the router served it: the router skips it, nothing is recorded.
-                        req.abandoned = True
-                        return trio.lowlevel.Abort.SUCCEEDED
-
                     # The router reschedules this task once the batch is served (cheaper than an Event).
-                    await trio.lowlevel.wait_task_rescheduled(abort)
+                    await trio.lowlevel.wait_task_rescheduled(req.abort)
                     if req.error is not None:
                         raise req.error
                     act, logp, value, version = req.result  # type: ignore[misc]
