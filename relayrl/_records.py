@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import operator
 import os
 import sys
 import uuid
@@ -262,7 +263,11 @@ class Encoder:
         arrays = traj_cols
         cols, (final_dtype, final_shape) = self.sig
         for name, dtype, shape in cols:
-            parts = [_column(t, name) for t in trajs]
+            if name.startswith(EXTRA_PREFIX):
+                key = name[len(EXTRA_PREFIX):]
+                parts = [t.extras[key] for t in trajs]
+            else:
+                parts = list(map(operator.attrgetter(name), trajs))
             if has_empty:
                 parts = [p if len(p) else np.zeros((1, *shape), dtype=dtype) for p in parts]
             arrays.append(_arrow_array(pa, parts[0] if n == 1 else np.concatenate(parts), shape))
@@ -330,13 +335,6 @@ def _repeat_strings(pa: Any, values: list[str | None], repeats: Array, rows: int
         valid = np.repeat(np.fromiter((v is not None for v in values), dtype=bool, count=len(values)), repeats)
         validity = pa.array(valid).buffers()[1]
     return pa.StringArray.from_buffers(rows, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data), validity)
-
-
-def _column(traj: Trajectory, name: str) -> Array:
-    if name.startswith(EXTRA_PREFIX):
-        return traj.extras[name[len(EXTRA_PREFIX):]]
-    arr: Array = getattr(traj, name)
-    return arr
 
 
 def _arrow_type(pa: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> Any:
