@@ -840,7 +840,9 @@ _FILE_SINK_ARGS = """
         flush_interval: Seconds a queued trajectory may wait for a batch to fill up.
         prefix: The first part of every file name.
         run_id: The second part (default: the UTC time, then 6 random hex digits). Runs sort by it.
+"""
 
+_FILE_SINK_TAIL = """
     Raises:
         BackendUnavailableError: If pyarrow is not installed (``pip install pyarrow``).
         ConfigError: For a bad argument.
@@ -859,8 +861,10 @@ class ArrowSink(_FileSink):
     it back. Record batches hold many trajectories each and are written off the event loop.
     """
         + _FILE_SINK_ARGS
-        + """    compression: ``None`` (default), ``"lz4"`` or ``"zstd"`` (Arrow IPC buffer compression).
-
+        + """        compression: ``None`` (default), ``"lz4"`` or ``"zstd"`` (Arrow IPC buffer compression).
+"""
+        + _FILE_SINK_TAIL
+        + """
     .. versionadded:: 0.1
     """
     )
@@ -895,8 +899,10 @@ class ParquetSink(_FileSink):
     The table is the one :class:`ArrowSink` writes; :func:`relayrl.read_trajectories` reads it back.
     """
         + _FILE_SINK_ARGS
-        + """    compression: A Parquet codec name (default ``"zstd"``; ``None`` for none).
-
+        + """        compression: A Parquet codec name (default ``"zstd"``; ``None`` for none).
+"""
+        + _FILE_SINK_TAIL
+        + """
     .. versionadded:: 0.1
     """
     )
@@ -935,6 +941,7 @@ class CsvSink(_FileSink):
     restores equal arrays. CSV is much slower and larger than Arrow: use it for small data.
     """
         + _FILE_SINK_ARGS
+        + _FILE_SINK_TAIL
         + """
     .. versionadded:: 0.1
     """

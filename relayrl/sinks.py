@@ -6,7 +6,7 @@
 * :class:`MemorySink`: the most recent trajectories of each actor, for ``drain()``.
 * :class:`ArrowSink`, :class:`ParquetSink`, :class:`CsvSink`: files (one row per step; see
   ``docs/trajectories.md``), read back with :func:`relayrl.read_trajectories`. They need pyarrow,
-  imported only when one is created.
+  which only their writer threads and ``read_trajectories`` import.
 
 .. versionadded:: 0.1
 """
