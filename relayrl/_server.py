@@ -166,6 +166,7 @@ class TrainingServer:
         self._version_changed = trio.Event()
         self._clients: set[Any] = set()
         self._lock = trio.Lock()
+        self._held: list[tuple[Any, Any]] | None = None
         #: Every update since this server started, oldest first.
         self.history: list[UpdateRecord] = []
 
@@ -299,6 +300,43 @@ class TrainingServer:
         logger.info("resumed from %s (version %d, %d updates)", path, version, self._updates)
         return version if last_published <= version else last_published + 1
 
+    # -- ordered delivery -----------------------------------------------------------------------------------
+
+    def hold(self) -> None:
+        """Hold received trajectories (acknowledged, counted) until :meth:`release`.
+
+        Trajectories reach the server in an order that depends on task scheduling (trio runs
+        ready tasks in a randomised order). A producer that knows when a batch of collection is
+        complete (``relayrl.train``'s sync loop) holds, collects, waits for the steps
+        (:meth:`wait_for_steps`) and releases: the algorithm then receives the batch in a
+        canonical order, so the same seed gives the same training run.
+        """
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        """Hand every held trajectory to the algorithm, ordered by (client, env id, actor id, episode, start time)."""
+        held, self._held = self._held, None
+        if held:
+            held.sort(key=lambda item: item[0])
+            self._deliver([t for _, t in held], held[0][0][0])
+
+    def _deliver(self, trajectories: list[Any], client_id: Any) -> None:
+        ready = False
+        for traj in trajectories:
+            try:
+                ready = self.algorithm.receive_trajectory(traj) or ready
+            except RelayRLError as exc:
+                self._rejected += 1
+                logger.warning("trajectory from client %s rejected: %s", client_id, exc)
+                continue
+            self._trajectories += 1
+            self._steps += len(traj)
+            self._steps_since += len(traj)
+        if ready:
+            self._pending = True
+            self._ready.set()
+
     # -- tasks --------------------------------------------------------------------------------------------
 
     async def _receiver(self) -> None:
@@ -308,20 +346,11 @@ class TrainingServer:
             except (trio.ClosedResourceError, trio.EndOfChannel):
                 return
             if isinstance(msg, TrajectoryBatch):
-                ready = False
-                for traj in msg.trajectories:
-                    try:
-                        ready = self.algorithm.receive_trajectory(traj) or ready
-                    except RelayRLError as exc:
-                        self._rejected += 1
-                        logger.warning("trajectory from client %s rejected: %s", msg.client_id, exc)
-                        continue
-                    self._trajectories += 1
-                    self._steps += len(traj)
-                    self._steps_since += len(traj)
-                if ready:
-                    self._pending = True
-                    self._ready.set()
+                if self._held is not None:
+                    self._held.extend(((str(msg.client_id), t.env_id or "", t.actor_id.int, t.episode, t.start_time),
+                                       t) for t in msg.trajectories)
+                else:
+                    self._deliver(list(msg.trajectories), msg.client_id)
                 self._received_steps += msg.steps
                 self._steps_changed.set()
                 self._steps_changed = trio.Event()

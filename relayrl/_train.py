@@ -26,6 +26,7 @@ import math
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -308,7 +309,11 @@ async def run_training(prepared: _Prepared, *, progress: bool = False,
                 transport.open_client() as client:
             version_box[0] = server.version
             async with open_agent(sinks=[TransportSink(client)], seed=cfg.seed) as agent:
-                ids = await agent.new_actors(env.num_slots)
+                ids = []
+                for i, actor in enumerate(await agent.new_actors(env.num_slots)):
+                    # Deterministic ids (slot i -> UUID i + 1): trajectories sort the same way every run.
+                    ids.append(uuid.UUID(int=i + 1))
+                    await agent.set_actor_id(actor, ids[-1])
                 first = await client.request_model()
                 assert first is not None  # the server publishes its initial model before it serves
                 await agent.update_model(first)
@@ -328,6 +333,7 @@ async def run_training(prepared: _Prepared, *, progress: bool = False,
                         while not should_stop(runner.statistics()):
                             # Whole rollouts (like SB3, the budget is rounded up to a full rollout).
                             end = runner.statistics().agent_steps + prepared.rollout
+                            server.hold()  # the rollout reaches the algorithm in a canonical order
 
                             def rollout_done(s: RunnerStatistics, end: int = end) -> bool:
                                 return s.agent_steps >= end or solved(s)
@@ -335,6 +341,7 @@ async def run_training(prepared: _Prepared, *, progress: bool = False,
                             st = await runner.run(None, until=rollout_done, cut=True)
                             # Every recorded step reaches the server before we decide to wait.
                             await server.wait_for_steps(base + st.agent_steps)
+                            server.release()
                             if server.update_pending and not solved(st):
                                 # (When the budget ran out, the last rollout is still trained on.)
                                 await server.wait_for_version(server.version + 1)

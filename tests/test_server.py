@@ -321,3 +321,35 @@ async def test_explicit_checkpoint_waits_for_a_running_update(tmp_path: Path) ->
                 await trio.sleep(0.001)
         path = done[0]
         assert path is not None and path.name.startswith("ckpt-00000001")
+
+
+async def test_hold_and_release_deliver_in_canonical_order() -> None:
+    t = transports.InprocTransport()
+    a = algo(steps_per_update=1000)
+    order: list[tuple[int, int]] = []
+    original = a.receive_trajectory
+
+    def record(traj: relayrl.Trajectory) -> bool:
+        order.append((traj.actor_id.int, traj.episode))
+        return original(traj)
+
+    a.receive_trajectory = record  # type: ignore[method-assign]
+
+    def traj_of(actor: int, episode: int) -> relayrl.Trajectory:
+        tr = make_traj(2)
+        tr.actor_id, tr.episode = uuid.UUID(int=actor), episode
+        return tr
+
+    async with relayrl.open_training_server(a, transport=t) as server, t.open_client() as client:
+        server.hold()
+        await client.send_trajectories([traj_of(2, 1), traj_of(1, 1)])
+        await client.send_trajectories([traj_of(1, 0), traj_of(2, 0)])
+        await client.flush()
+        await server.wait_for_steps(8)
+        assert order == [] and server.statistics().steps == 0  # held: acknowledged, not yet delivered
+        server.release()
+        assert order == [(1, 0), (1, 1), (2, 0), (2, 1)]
+        assert server.statistics().steps == 8
+        await client.send_trajectories([traj_of(3, 0)])  # not holding: straight through
+        await client.flush()
+        assert order[-1] == (3, 0)

@@ -90,6 +90,13 @@ def test_ppo_learns_on_cartpole_briefly(tmp_path: Path) -> None:
     assert relayrl.evaluate(tmp_path / "model", "CartPole-v1", episodes=3).mean > 0
 
 
+def test_same_seed_same_training_run() -> None:
+    pytest.importorskip("relayrl_torch")
+    a = relayrl.train("CartPole-v1", total_steps=2048, seed=5)
+    b = relayrl.train("CartPole-v1", total_steps=2048, seed=5)
+    assert a.model == b.model and a.episodes == b.episodes and a.mean_return == b.mean_return
+
+
 def test_evaluate_is_deterministic_and_checks_shapes() -> None:
     model = relayrl.mlp_policy(4, relayrl.spaces.Discrete(2), hidden=(8,), seed=1)
     a = relayrl.evaluate(model, "CartPole-v1", episodes=5, seed=7)
