@@ -8,10 +8,13 @@ Structure (see ``docs/agent.md`` and ``docs/cancellation.md``):
   (cached while the same ids come back and nothing changed), the rows are grouped by model
   handle, each group gets one forward and one vectorised sampling, and the steps are written
   into columnar trajectory stores (:mod:`relayrl._actor`).
-* A single-actor request runs inline too when no other task is ready to run (a lone caller
-  pays no routing cost). When other tasks are runnable (many concurrent requesters), it is
-  queued to its actor's router, which drains its queue, serves everything queued as one batch
-  and wakes each waiter (dynamic batching).
+* A single-actor request runs inline too when it looks alone (a lone caller pays no routing
+  cost). When there is evidence of concurrent requesters (other tasks ready to run, another
+  task's request moments ago, a recent multi-request router batch) it is queued to its actor's
+  router, which lets the other ready tasks queue theirs, drains its queue, serves everything
+  as one batch and reschedules each waiter (dynamic batching).
+* A big batch (``THREAD_BATCH_ROWS`` rows) for a backend that releases the GIL runs its
+  forward on a worker thread; everything else stays on the event loop.
 * Finished trajectories are handed to the actor's emitter task over a bounded channel; the
   emitter puts them into every sink, so a slow sink never stalls the hot path until that
   channel is full (then the producer waits: backpressure, nothing is lost).
@@ -958,8 +961,14 @@ class Agent:
 
         The request is validated completely before anything is recorded: a rejected request
         changes nothing. A single-actor request is dynamically batched with concurrent ones
-        through its actor's router when other tasks are ready to run; otherwise (and always
-        for several ids) it runs inline. With a ``seed``, inline requests are reproducible.
+        through its actor's router when several tasks are requesting (other tasks are ready to
+        run, or another task requested within ``CONCURRENCY_WINDOW`` seconds); otherwise, and
+        always for several ids, it runs inline in the caller's task. A batch of at least
+        ``THREAD_BATCH_ROWS`` rows for a backend that releases the GIL runs its forward on a
+        worker thread. With a ``seed``, inline requests are reproducible.
+
+        It is a cancellation point; it is a schedule point when other tasks are ready to run
+        and at least every ``SCHEDULE_INTERVAL`` seconds (see ``docs/cancellation.md``).
 
         Raises:
             UnknownActorError: an id is not registered.
