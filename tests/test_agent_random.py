@@ -62,13 +62,13 @@ class Ledger:
         self.current[k] = []
 
 
-async def run_random(seed: int, n_ops: int) -> None:
+async def run_random(seed: int, n_ops: int, mode: str) -> None:
     rng = np.random.default_rng(seed)
     sink = MemorySink(capacity_per_actor=1000, overflow="block")
     ledger = Ledger()
     models = [relayrl.mlp_policy(4, spaces.Discrete(3), hidden=(8,), seed=s) for s in range(3)]
     async with relayrl.open_agent(models[0], actors=6, routers=2, max_traj_length=MAX_LEN, seed=seed,
-                                  sinks=[sink]) as agent:
+                                  sinks=[sink], model_mode=mode) as agent:  # type: ignore[arg-type]
         for a in agent.actor_ids:
             ledger.add(a)
         for _ in range(n_ops):
@@ -157,9 +157,10 @@ async def run_random(seed: int, n_ops: int) -> None:
     # the run exercised what it is meant to
     hows = [how for e in ledger.done.values() for _, how in e]
     assert {"cut", "terminal", "truncated"} <= set(hows)
-    assert stats.routed_requests > 0 and stats.refreshes > 6 and len(ledger.done) > 6
+    assert stats.routed_requests > 0 and stats.refreshes > 2 and len(ledger.done) > 6
 
 
-@pytest.mark.parametrize("seed", range(6))
-async def test_random_operations_account_for_every_step(seed: int) -> None:
-    await run_random(seed, n_ops=150)
+@pytest.mark.parametrize("mode", ["independent", "shared"])
+@pytest.mark.parametrize("seed", range(5))
+async def test_random_operations_account_for_every_step(seed: int, mode: str) -> None:
+    await run_random(seed, n_ops=150, mode=mode)
