@@ -222,6 +222,7 @@ def run(
     solved_at = None
     stats: dict[str, Any] = {}
     train_time = 0.0
+    grad_steps = 0
     while col.total_steps < max_steps:
         model = algo.export_model()
         for traj in col.collect(model, cfg.n_steps):
@@ -229,12 +230,13 @@ def run(
         t1 = time.perf_counter()
         stats = dict(algo.train())
         train_time += time.perf_counter() - t1
+        grad_steps += int(stats.get("minibatches", 0))
         if target is not None and len(col.episode_returns) >= window and col.mean_return(window) >= target:
             solved_at = col.total_steps
             break
     return {
         "steps": col.total_steps, "solved_at": solved_at, "seconds": time.perf_counter() - start,
-        "train_seconds": train_time,
+        "train_seconds": train_time, "grad_steps": grad_steps,
         "episodes": len(col.episode_returns), "mean_return": col.mean_return(window), "returns": col.episode_returns,
         "last_stats": stats,
     }

@@ -58,6 +58,7 @@ class IPPOConfig(PPOConfig):
     total_steps: int | None = attrs.field(default=300_000, validator=_positive)
     ent_coef: float = 0.01
     n_epochs: int = attrs.field(default=5, validator=_positive)
+    target_kl: float | None = attrs.field(default=None, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)

@@ -88,7 +88,7 @@ class PPOConfig:
     #: Gradient-norm clipping (over the policy and value parameters together).
     max_grad_norm: float = attrs.field(default=0.5, validator=_positive)
     #: Stop the update when a minibatch's approximate KL exceeds 1.5 x this (None: never).
-    target_kl: float | None = attrs.field(default=None, validator=_positive)
+    target_kl: float | None = attrs.field(default=0.01, validator=_positive)
     #: Normalise advantages per minibatch.
     normalize_advantages: bool = True
     #: Running mean/std observation normalisation, baked into exported models.
@@ -130,7 +130,7 @@ class PPO(ActorCriticAlgorithm):
         "Pendulum-v1": {
             "num_envs": 4, "n_steps": 512, "lr": 2e-3, "gamma": 0.9, "gae_lambda": 0.95, "n_epochs": 10,
             "minibatch_size": 512, "clip_coef": 0.2, "ent_coef": 0.0, "normalize_obs": True,
-            "normalize_reward": True, "total_steps": 100_000, "anneal_lr": True,
+            "normalize_reward": True, "total_steps": 100_000, "anneal_lr": True, "target_kl": None,
         },
     }
 
