@@ -125,13 +125,52 @@ def _spec(name: str, arr: object, steps: int) -> tuple[str, np.dtype[Any], tuple
     return name, _check_dtype(name, arr.dtype), shape[1:]
 
 
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
+#: Signatures already validated, by the key :func:`signature` computes quickly (bounded).
+_SIGNATURES: dict[tuple[Any, ...], Signature] = {}
+_ndarray = np.ndarray
+
+
 def signature(traj: Trajectory) -> Signature:
     """The dtypes and shapes that decide which file (schema) a trajectory goes to.
+
+    It runs in every ``put``, so the common case (plain numpy arrays, no extras, a signature seen
+    before) is a cache lookup on a key built from the arrays' dtypes and shapes.
 
     Raises:
         ValueError: If a column is not a numpy array, has an unsupported dtype, a length other
             than the trajectory's, or a zero-sized per-step shape.
     """
+    o, a, r, d, lp, v, m = traj.obs, traj.act, traj.reward, traj.done, traj.logp, traj.value, traj.model_version
+    mask, final, episode = traj.mask, traj.final_obs, traj.episode
+    if (type(o) is _ndarray and type(a) is _ndarray and type(r) is _ndarray and type(d) is _ndarray
+            and type(lp) is _ndarray and type(v) is _ndarray and type(m) is _ndarray and not traj.extras
+            and (mask is None or type(mask) is _ndarray) and (final is None or type(final) is _ndarray)
+            and type(traj.actor_id) is uuid.UUID and type(episode) is int and _INT64_MIN <= episode <= _INT64_MAX
+            and (traj.env_id is None or type(traj.env_id) is str)
+            and type(traj.start_time) is float and type(traj.end_time) is float):
+        so, sa, sr, sd, sl, sv, sm = o.shape, a.shape, r.shape, d.shape, lp.shape, v.shape, m.shape
+        if sr and so and sa and sd and sl and sv and sm:
+            n = sr[0]
+            if so[0] == n and sa[0] == n and sd[0] == n and sl[0] == n and sv[0] == n and sm[0] == n:
+                key = (o.dtype, so[1:], a.dtype, sa[1:], r.dtype, sr[1:], d.dtype, sd[1:], lp.dtype, sl[1:],
+                       v.dtype, sv[1:], m.dtype, sm[1:],
+                       None if mask is None else (mask.dtype, mask.shape[1:], mask.shape[:1] == (n,)),
+                       None if final is None else (final.dtype, final.shape))
+                sig = _SIGNATURES.get(key)
+                if sig is not None:
+                    return sig
+                sig = _signature(traj)  # validates everything, raises for bad input
+                if len(_SIGNATURES) >= 1024:
+                    _SIGNATURES.clear()
+                _SIGNATURES[key] = sig
+                return sig
+    return _signature(traj)
+
+
+def _signature(traj: Trajectory) -> Signature:
     reward = traj.reward
     if not isinstance(reward, np.ndarray) or reward.ndim == 0:
         raise ValueError(f"trajectory column 'reward' must be a 1-d numpy array, got {type(reward).__name__}")
@@ -163,9 +202,6 @@ def signature(traj: Trajectory) -> Signature:
         raise ValueError(f"start_time and end_time must be numbers, got {traj.start_time!r}, {traj.end_time!r}")
     return tuple(cols), final_spec
 
-
-_INT64_MIN: Final = -(2**63)
-_INT64_MAX: Final = 2**63 - 1
 
 
 def _arrow_array(pa: Any, flat: Array, shape: tuple[int, ...]) -> Any:

@@ -503,3 +503,19 @@ async def test_arrow_trajectory_columns_are_run_end_encoded_and_plain_files_read
     with pa.ipc.new_stream(str(tmp_path / "plain" / "sliced.arrow"), table.schema) as w:
         w.write_table(table, max_chunksize=7)
     assert read_trajectories(tmp_path / "plain" / "sliced.arrow") == read_trajectories(first)
+
+
+async def test_validation_cache_still_rejects_bad_trajectories(tmp_path: Path) -> None:
+    sink = ArrowSink(tmp_path)
+    good = make_traj(3, mask=True, final_obs=True)
+    await sink.put(good)  # its signature is now cached
+    for bad in (make_traj(3, mask=True, final_obs=True), make_traj(3, mask=True, final_obs=True)):
+        assert bad.mask is not None
+        bad.mask = bad.mask[:2]  # same dtypes and per-step shapes as the cached one, wrong length
+        with pytest.raises(ValueError, match="mask"):
+            await sink.put(bad)
+    odd = make_traj(3, mask=True, final_obs=True, episode=4)
+    odd.episode = np.int64(4)  # type: ignore[assignment]  # not the fast path, still fine
+    await sink.put(odd)
+    await sink.aclose()
+    assert read_trajectories(tmp_path) == [good, make_traj(3, mask=True, final_obs=True, episode=4)]
