@@ -1255,13 +1255,12 @@ class Agent:
                 has = p > 0
                 store.reward_f[(sl * store.cap + p - 1)[has]] = rr if isinstance(rr, float) else rr[has]
         if pmax >= self._max_len:
-            now = time.time()
-            for k in np.flatnonzero(p >= self._max_len).tolist():
-                row = k if rows is None else int(rows[k])
-                actor = actors[row]
-                traj = store.take(actor.slot, actor, terminal=False, truncated=True, final_obs=o[row], now=now)
-                if traj is not None:
-                    emits.append((actor, traj))
+            # Full trajectories held back for this reward: emit them (truncated, the new
+            # observation as final_obs) and start their next piece with this step.
+            ks = np.flatnonzero(p >= self._max_len)
+            req_rows = ks if rows is None else rows[ks]
+            emits.extend(store.take_many([actors[i] for i in req_rows.tolist()], terminal=False, truncated=True,
+                                         final_obs=o[req_rows], now=time.time()))
             p = store.pos[sl]
             pmin = int(p.min())
             pmax = int(p.max())
@@ -1431,20 +1430,22 @@ class Agent:
                 fo = _as_obs(final_obs, n, next(iter(layouts)), "final observations")
         now = time.time()
         emits: list[tuple[Actor, Trajectory]] = []
+        by_store: dict[int, tuple[TrajectoryStore, list[int]]] = {}
         for i, actor in enumerate(actors):
-            store = actor.store
-            if store is None:
-                continue
-            p = int(store.pos[actor.slot])
-            if p == 0:
-                continue
+            if actor.store is not None:
+                by_store.setdefault(id(actor.store), (actor.store, []))[1].append(i)
+        for store, rows in by_store.values():
+            idx = np.asarray(rows, dtype=np.intp)
+            slots = np.fromiter((actors[i].slot for i in rows), dtype=np.intp, count=len(rows))
+            p = store.pos[slots]
             if r is not None:
-                store.reward[actor.slot, p - 1] = r[i]
-            traj = store.take(actor.slot, actor, terminal=not truncated, truncated=bool(truncated),
-                              final_obs=None if fo is None else fo[i], now=now)
-            if traj is not None:
-                emits.append((actor, traj))
+                has = p > 0
+                store.reward[slots[has], p[has] - 1] = r[idx[has]]
+            taken = store.take_many([actors[i] for i in rows], terminal=not truncated, truncated=bool(truncated),
+                                    final_obs=None if fo is None else fo[idx], now=now)
+            for actor, _ in taken:
                 actor.episode += 1
+            emits.extend(taken)
         await self._deliver(emits)
         await trio.lowlevel.checkpoint()
 
@@ -1493,12 +1494,12 @@ class Agent:
             # Phase 2: every non-empty in-progress trajectory is emitted as truncated.
             now = time.time()
             emits: list[tuple[Actor, Trajectory]] = []
+            by_store: dict[int, tuple[TrajectoryStore, list[Actor]]] = {}
             for actor in self._actors.values():
                 if actor.store is not None:
-                    traj = actor.store.take(actor.slot, actor, terminal=False, truncated=True, final_obs=None,
-                                            now=now)
-                    if traj is not None:
-                        emits.append((actor, traj))
+                    by_store.setdefault(id(actor.store), (actor.store, []))[1].append(actor)
+            for store, members in by_store.values():
+                emits.extend(store.take_many(members, terminal=False, truncated=True, final_obs=None, now=now))
             await self._deliver(emits)
             for actor in self._actors.values():
                 actor.outbox.close()
