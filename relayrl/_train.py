@@ -250,16 +250,19 @@ def _progress_bar(total: int) -> Any:
     return progress
 
 
-async def _show_progress(progress: Any, runner: EnvRunner, version: Callable[[], int], interval: float) -> None:
-    task_id = progress.task_ids[0]
-    start = time.perf_counter()
+def _refresh_bar(progress: Any, runner: EnvRunner, version: int, start: float) -> None:
+    st = runner.statistics()
+    ret = "-" if math.isnan(st.mean_return) else f"{st.mean_return:.1f}"
+    elapsed = time.perf_counter() - start
+    progress.update(progress.task_ids[0], completed=st.steps, sps=st.steps / elapsed if elapsed > 0 else 0.0,
+                    episodes=st.episodes, ret=ret, version=version)
+    progress.refresh()
+
+
+async def _show_progress(progress: Any, runner: EnvRunner, version: Callable[[], int], start: float,
+                         interval: float) -> None:
     while True:
-        st = runner.statistics()
-        ret = "-" if math.isnan(st.mean_return) else f"{st.mean_return:.1f}"
-        elapsed = time.perf_counter() - start
-        progress.update(task_id, completed=st.steps, sps=st.steps / elapsed if elapsed > 0 else 0.0,
-                        episodes=st.episodes, ret=ret, version=version())
-        progress.refresh()
+        _refresh_bar(progress, runner, version(), start)
         await trio.sleep(interval)
 
 
@@ -323,7 +326,7 @@ async def run_training(prepared: _Prepared, *, progress: bool = False,
                 async with trio.open_nursery() as nursery:
                     if bar is not None:
                         bar.start()
-                        nursery.start_soon(_show_progress, bar, runner, lambda: version_box[0], 0.25)
+                        nursery.start_soon(_show_progress, bar, runner, lambda: version_box[0], start, 0.25)
                     if cfg.mode == "async":
                         await nursery.start(connect_agent, agent, client)
                         await runner.run(total, until=should_stop, cut=True)
@@ -356,10 +359,11 @@ async def run_training(prepared: _Prepared, *, progress: bool = False,
             model = server.model
             assert model is not None
             metrics.record(stats, server.version)
+            if bar is not None:
+                _refresh_bar(bar, runner, version_box[0], start)
     finally:
         metrics.close()
         if bar is not None:
-            bar.refresh()
             bar.stop()
         env.close()
     wall = time.perf_counter() - start
