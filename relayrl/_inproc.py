@@ -335,11 +335,13 @@ class _InprocClient(TransportClient):
         try:
             while slot[1] is None:
                 server = await self._t._wait_server()
+                # Register before delivering: a server that closes while the request is in flight
+                # (even before this task runs again) must find us and fail the request.
+                server._inference_waiters.add(self._id)
                 try:
                     await server._deliver(request)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     continue
-                server._inference_waiters.add(self._id)
                 await slot[0].wait()
         finally:
             del self._pending[rid]
