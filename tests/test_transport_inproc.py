@@ -13,6 +13,7 @@ import relayrl
 from relayrl import transports
 from relayrl._transport_api import InferenceReply, InferenceRequest, ModelUpdate, Notice, TrajectoryBatch
 from relayrl.abc import Transport
+from relayrl.testing import TransportConformance
 
 
 def make_traj(n: int = 3, *, reward: float = 1.0, actor: uuid.UUID | None = None) -> relayrl.Trajectory:
@@ -375,3 +376,8 @@ async def test_transport_sink_fails_with_sink_error_when_its_client_closes() -> 
         await write_one()
     with pytest.raises(relayrl.SinkError):
         await sink.put(make_traj())
+
+
+class TestInprocConformance(TransportConformance):
+    def make_transport(self) -> transports.InprocTransport:
+        return transports.InprocTransport(retry_interval=0.05)

@@ -4,6 +4,9 @@
   plugin conforms (round trips, shapes, masking, determinism, rejection of broken models,
   parity with the numpy reference). Needs pytest.
 * :data:`REFERENCE_CASES`, :class:`ReferenceCase`, :func:`reference_case`: the reference MLPs.
+* :class:`TransportConformance`: subclass it to prove a transport plugin implements the
+  transport contract (handshake, acknowledged delivery and re-sends, broadcast, notices,
+  inference). Needs pytest and pytest-trio.
 
 .. versionadded:: 0.1
 """
@@ -17,12 +20,17 @@ if TYPE_CHECKING:
     from ._conformance import BackendConformance as BackendConformance
     from ._conformance import ReferenceCase as ReferenceCase
     from ._conformance import reference_case as reference_case
+    from ._transport_conformance import TransportConformance as TransportConformance
 
-__all__ = ["REFERENCE_CASES", "BackendConformance", "ReferenceCase", "reference_case"]
+__all__ = ["REFERENCE_CASES", "BackendConformance", "ReferenceCase", "TransportConformance", "reference_case"]
 
 
 def __getattr__(name: str) -> Any:
     # The conformance kit imports pytest; load it only when asked for.
+    if name == "TransportConformance":
+        from . import _transport_conformance
+
+        return _transport_conformance.TransportConformance
     if name in __all__:
         from . import _conformance
 
