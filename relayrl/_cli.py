@@ -1,6 +1,6 @@
 """The ``relayrl`` command line (also ``python -m relayrl``).
 
-Subcommands: ``train``, ``eval``, ``plot``, ``backends``. See ``docs/cli.md``.
+Subcommands: ``train``, ``eval``, ``plot``, ``inspect``, ``backends``. See ``docs/cli.md``.
 
 Exit status: 0 on success (``train``: the task was solved or the budget ran out), 1 when a
 run failed, 2 for bad input (unknown environment or algorithm, bad JSON, bad config key).
@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 __all__ = ["main"]
 
@@ -85,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="plot the return curve of a run into a PNG (needs matplotlib)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding metrics.csv")
     p.add_argument("--output", help="PNG path (default: RUN_DIR/returns.png)")
+
+    p = sub.add_parser("inspect", help="describe a model module or a trajectory file/directory")
+    p.add_argument("path", metavar="PATH", help="model directory or bundle, or .arrow/.parquet/.csv trajectories")
 
     sub.add_parser("backends", help="list installed backends, transports and algorithms and whether each works")
     return parser
@@ -205,6 +210,56 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- inspect ----------------------------------------------------------------------------------------------
+
+
+def _is_model(path: Path) -> bool:
+    from ._model import METADATA_FILE, RELAYRL_METADATA_FILE
+
+    if path.is_dir():
+        return (path / METADATA_FILE).is_file() or (path / RELAYRL_METADATA_FILE).is_file()
+    with path.open("rb") as fh:
+        return fh.read(8) == b"RLRLMOD1"
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ._errors import ConfigError
+    from ._model import ModelModule
+
+    path = Path(args.path)
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist")
+    if _is_model(path):
+        model = ModelModule.load(path, validate=False)
+        m = model.metadata
+        print(f"model module {path}")
+        for key, value in (("backend", m.backend), ("model file", f"{m.model_file} ({len(model.data):,} bytes)"),
+                           ("observation", f"{m.input.shape} {m.input.dtype}"), ("action space", m.action_space),
+                           ("policy head", m.policy_head), ("value output", m.value_output),
+                           ("version", m.version), ("sha256", m.checksum), ("extra", sorted(m.extra) or "-")):
+            print(f"  {key:<13} {value}")
+        model.validate()
+        print("  validation    ok (a real forward on dummy batches)")
+        return EXIT_OK
+    from ._records import read_trajectories
+
+    trajs = read_trajectories(path)
+    steps = sum(len(t) for t in trajs)
+    returns = [t.total_reward for t in trajs if t.terminated or t.truncated]
+    versions = sorted({int(v) for t in trajs for v in np.unique(t.model_version)}) if trajs else []
+    print(f"trajectories {path}")
+    print(f"  trajectories  {len(trajs):,} ({sum(t.terminated for t in trajs):,} terminal, "
+          f"{sum(t.truncated for t in trajs):,} truncated)")
+    print(f"  steps         {steps:,}")
+    print(f"  actors        {len({t.actor_id for t in trajs}):,}")
+    if trajs:
+        print(f"  observation   {trajs[0].obs.shape[1:]} {trajs[0].obs.dtype}; action {trajs[0].act.shape[1:]} "
+              f"{trajs[0].act.dtype}")
+        print(f"  model versions {versions[0]}..{versions[-1]} ({len(versions)} distinct)")
+        print(f"  return/trajectory mean {np.mean(returns):.3f}" if returns else "  return/trajectory -")
+    return EXIT_OK
+
+
 # -- backends ---------------------------------------------------------------------------------------------
 
 
@@ -227,7 +282,8 @@ def _cmd_backends(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot, "backends": _cmd_backends}
+_COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "plot": _cmd_plot, "inspect": _cmd_inspect,
+             "backends": _cmd_backends}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,11 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = _parser()
     args = parser.parse_args(argv)
-    from ._errors import ConfigError, ModelError, PluginUnavailableError, RelayRLError
+    from ._errors import ConfigError, ModelError, PluginUnavailableError, RelayRLError, SinkError
 
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, PluginUnavailableError, ModelError) as exc:
+    except (ConfigError, PluginUnavailableError, ModelError, SinkError) as exc:
         print(f"relayrl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RelayRLError as exc:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import relayrl
@@ -126,3 +127,38 @@ def test_usage_errors_are_argparse_exit_2(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+def test_inspect_a_model(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(trained_run / "model")]) == 0
+    out = capsys.readouterr().out
+    assert "backend       numpy" in out and "Discrete(n=2" in out and "validation    ok" in out
+
+
+async def _write_trajectories(directory: Path) -> None:
+    import trio
+
+    import relayrl.sinks
+
+    model = relayrl.mlp_policy(4, relayrl.spaces.Discrete(2), hidden=(8,))
+    async with relayrl.open_agent(model, sinks=[relayrl.sinks.CsvSink(directory)], seed=0) as agent:
+        ids = await agent.new_actors(2)
+        for _ in range(3):
+            await agent.request_action(ids, np.zeros((2, 4), np.float32), reward=1.0)
+        await agent.flag_last_action(ids, reward=1.0)
+        await trio.lowlevel.checkpoint()
+
+
+def test_inspect_trajectories_and_bad_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import trio
+
+    trio.run(_write_trajectories, tmp_path / "trajs")
+    assert main(["inspect", str(tmp_path / "trajs")]) == 0
+    out = capsys.readouterr().out
+    assert "trajectories  2 (2 terminal, 0 truncated)" in out and "steps         6" in out
+    assert main(["inspect", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    junk = tmp_path / "junk.arrow"
+    junk.write_bytes(b"not arrow at all")
+    assert main(["inspect", str(junk)]) == 2
+    assert "junk.arrow" in capsys.readouterr().err
