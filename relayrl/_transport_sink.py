@@ -23,15 +23,19 @@ Together::
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from ._errors import AgentClosedError, RelayRLError, SinkError
 from ._model import ModelModule
 from ._sinks import Overflow, SinkStatistics, TrajectorySink, _check_capacity
+from ._telemetry import ATTR_BATCH_SIZE, ATTR_STEPS, SPAN_SEND_TRAJECTORY, Telemetry
 from ._trajectory import Trajectory
 from ._transport_api import TransportClient
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["TransportSink", "connect_agent"]
 
@@ -51,6 +55,9 @@ class TransportSink(TrajectorySink):
         capacity: Trajectories queued between the agent and the writer.
         overflow: ``"block"`` (default: nothing is lost), ``"drop_oldest"`` or ``"drop_newest"``.
         max_batch: The most trajectories per batch.
+        tracer_provider: OpenTelemetry tracer provider for the ``send trajectory`` span of each
+            batch (attributes ``rl.batch.size``, ``rl.steps``, ``rl.outcome``); default: the
+            global one (no spans without an SDK).
 
     Raises:
         ConfigError: a bad ``capacity``, ``overflow`` or ``max_batch``.
@@ -59,9 +66,10 @@ class TransportSink(TrajectorySink):
     """
 
     def __init__(self, client: TransportClient, *, capacity: int = 256, overflow: Overflow = "block",
-                 max_batch: int = 256) -> None:
+                 max_batch: int = 256, tracer_provider: TracerProvider | None = None) -> None:
         super().__init__(capacity=capacity, overflow=overflow)
         self._client = client
+        self._telemetry = Telemetry.create(tracer_provider)
         self._max_batch = _check_capacity(max_batch, "max_batch")
         self._send, self._recv = trio.open_memory_channel[Trajectory](self.capacity)
         self._closed = False
@@ -113,9 +121,16 @@ class TransportSink(TrajectorySink):
             self._send.send_nowait(traj)
 
     async def _send_batch(self, batch: list[Trajectory]) -> None:
-        await self._client.send_trajectories(batch)
+        steps = sum(len(t) for t in batch)
+        span = self._telemetry.start_span(SPAN_SEND_TRAJECTORY, {ATTR_BATCH_SIZE: len(batch), ATTR_STEPS: steps})
+        try:
+            await self._client.send_trajectories(batch)
+        except BaseException as exc:
+            self._telemetry.end_span(span, exc)
+            raise
+        self._telemetry.end_span(span)
         self._written += len(batch)
-        self._steps += sum(len(t) for t in batch)
+        self._steps += steps
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self._started:

@@ -381,3 +381,33 @@ async def test_transport_sink_fails_with_sink_error_when_its_client_closes() -> 
 class TestInprocConformance(TransportConformance):
     def make_transport(self) -> transports.InprocTransport:
         return transports.InprocTransport(retry_interval=0.05)
+
+
+async def test_transport_sink_traces_each_batch() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    t = transports.InprocTransport()
+    async with t.open_server() as server, t.open_client() as client, trio.open_nursery() as nursery:
+
+        async def consume() -> None:
+            while True:
+                m = await server.receive()
+                assert isinstance(m, TrajectoryBatch)
+                await server.ack(m)
+
+        nursery.start_soon(consume)
+        sink = relayrl.TransportSink(client, tracer_provider=provider)
+        await sink.put(make_traj(2))
+        await sink.put(make_traj(3))
+        await sink.aclose()  # never started: sent inline as one batch
+        nursery.cancel_scope.cancel()
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "send trajectory"]
+    assert span.attributes is not None
+    attrs = span.attributes
+    assert (attrs["rl.batch.size"], attrs["rl.steps"], attrs["rl.outcome"]) == (2, 5, "ok")
+    provider.shutdown()
