@@ -99,6 +99,8 @@ class TrainingServerStatistics:
     #: Checkpoints written by this server, and the version of the newest one on disk (-1 if none).
     checkpoints: int
     checkpoint_version: int
+    #: Periodic checkpoints that failed with an OSError (logged; training went on).
+    checkpoint_failures: int
     #: Clients that announced themselves.
     clients: int
 
@@ -160,6 +162,7 @@ class TrainingServer:
         self._received_steps = 0
         self._steps_changed = trio.Event()
         self._checkpoints = 0
+        self._checkpoint_failures = 0
         self._checkpoint_version = -1
         self._ready = trio.Event()
         self._pending = False
@@ -193,7 +196,8 @@ class TrainingServer:
         return TrainingServerStatistics(
             version=self._version, updates=self._updates, trajectories=self._trajectories, steps=self._steps,
             rejected=self._rejected, update_pending=self._pending, checkpoints=self._checkpoints,
-            checkpoint_version=self._checkpoint_version, clients=len(self._clients))
+            checkpoint_version=self._checkpoint_version, checkpoint_failures=self._checkpoint_failures,
+            clients=len(self._clients))
 
     @property
     def received_steps(self) -> int:
@@ -263,10 +267,11 @@ class TrainingServer:
         final = root / name
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.algorithm.save_state(tmp / "algorithm")
-        if model is not None:
-            model.save(tmp / "model")
-        _write_json(tmp / "server.json", state)
+        try:
+            self._fill_checkpoint(tmp, state, model)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written checkpoint behind
+            raise
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         pointer = root / (LATEST_FILE + ".tmp")
@@ -277,6 +282,12 @@ class TrainingServer:
         for old in older[max(self._keep - 1, 0):]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def _fill_checkpoint(self, tmp: Path, state: dict[str, Any], model: ModelModule | None) -> None:
+        self.algorithm.save_state(tmp / "algorithm")
+        if model is not None:
+            model.save(tmp / "model")
+        _write_json(tmp / "server.json", state)
 
     async def _resume(self) -> int:
         """Load the newest checkpoint if any; return the version to publish the initial model under."""
@@ -402,7 +413,12 @@ class TrainingServer:
         if self._on_update is not None:
             self._on_update(record)
         if self.checkpoint_dir is not None and self._updates % self._every == 0:
-            await self.checkpoint()
+            try:
+                await self.checkpoint()
+            except OSError as exc:
+                # A full or read-only disk must not stop training: report it, keep the last good checkpoint.
+                self._checkpoint_failures += 1
+                logger.error("checkpoint after update %d failed (training goes on): %s", self._updates, exc)
 
 
 @asynccontextmanager

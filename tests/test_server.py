@@ -353,3 +353,40 @@ async def test_hold_and_release_deliver_in_canonical_order() -> None:
         await client.send_trajectories([traj_of(3, 0)])  # not holding: straight through
         await client.flush()
         assert order[-1] == (3, 0)
+
+
+async def test_a_failing_periodic_checkpoint_does_not_stop_training(tmp_path: Path) -> None:
+    t = transports.InprocTransport()
+    a = algo()
+    calls = 0
+    original = a.save_state
+
+    def flaky_save(directory: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(28, "No space left on device")
+        original(directory)
+
+    a.save_state = flaky_save  # type: ignore[method-assign]
+    async with relayrl.open_training_server(a, transport=t, checkpoint_dir=tmp_path, checkpoint_every=1) as server, \
+            t.open_client() as client:
+        await feed_until(server, client, 3)
+        with trio.fail_after(10):  # the checkpoint after update 3 follows its publication
+            while server.statistics().checkpoints + server.statistics().checkpoint_failures < 3:  # noqa: ASYNC110
+                await trio.sleep(0.001)
+        st = server.statistics()
+        assert st.version == 3 and st.checkpoint_failures == 1 and st.checkpoints == 2
+        assert not checkpoint_names(tmp_path, ".*.tmp")  # the failed one left nothing half-written
+        explicit_fail = calls + 1
+
+        def fail_next(directory: Any) -> None:
+            raise OSError(30, "Read-only file system")
+
+        a.save_state = fail_next  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="Read-only"):
+            await server.checkpoint()  # an explicit checkpoint reports its failure
+        assert explicit_fail > 0
+        a.save_state = original  # type: ignore[method-assign]
+    path = latest_checkpoint(tmp_path)
+    assert path is not None and path.name.startswith("ckpt-00000003")
