@@ -153,13 +153,18 @@ class PPO(ActorCriticAlgorithm):
         epochs = 0
         for _epoch in range(cfg.n_epochs):
             epochs += 1
-            perm = self._rng.permutation(n)
-            for idx_np in np.array_split(perm, n_mb):
-                idx = torch.as_tensor(idx_np)
-                out = self.pi(obs[idx])
-                logp, ent = self._dist.logp_entropy(out, act[idx], self.log_std,
-                                                     None if mask is None else mask[idx])
-                logratio = logp - old_logp[idx]
+            # One minibatch: the whole batch in order (a mean is order-free; no gathers needed).
+            splits = [None] if n_mb == 1 else np.array_split(self._rng.permutation(n), n_mb)
+            for idx_np in splits:
+                idx = None if idx_np is None else torch.as_tensor(idx_np)
+
+                def take(x: torch.Tensor, idx: torch.Tensor | None = idx) -> torch.Tensor:
+                    return x if idx is None else x[idx]
+
+                out = self.pi(take(obs))
+                logp, ent = self._dist.logp_entropy(out, take(act), self.log_std,
+                                                     None if mask is None else take(mask))
+                logratio = logp - take(old_logp)
                 ratio = logratio.exp()
                 with torch.no_grad():
                     approx_kl = float(((ratio - 1) - logratio).mean())
@@ -167,15 +172,15 @@ class PPO(ActorCriticAlgorithm):
                 if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
                     stopped = 1.0
                     break
-                adv = adv_all[idx]
+                adv = take(adv_all)
                 if cfg.normalize_advantages and adv.shape[0] > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1.0 - clip, 1.0 + clip)).mean()
                 ent_mean = ent.mean()
-                v = self.vf(crit[idx]).squeeze(-1)
-                r = ret[idx]
+                v = self.vf(take(crit)).squeeze(-1)
+                r = take(ret)
                 if cfg.clip_vloss:
-                    ov = old_v[idx]
+                    ov = take(old_v)
                     v_clipped = ov + (v - ov).clamp(-clip, clip)
                     v_loss = 0.5 * torch.max((v - r) ** 2, (v_clipped - r) ** 2).mean()
                 else:
