@@ -70,7 +70,7 @@ class PPOConfig:
     #: Anneal the learning rates linearly to 0 over ``total_steps`` environment steps.
     anneal_lr: bool = True
     #: The step budget the annealing is spread over.
-    total_steps: int | None = attrs.field(default=100_000, validator=_positive)
+    total_steps: int | None = attrs.field(default=120_000, validator=_positive)
     #: Discount factor.
     gamma: float = attrs.field(default=0.98, validator=_unit)
     #: GAE lambda.
