@@ -253,21 +253,27 @@ def test_export_matches_the_torch_networks(space: Any, norm: bool) -> None:
         assert algo.obs_rms is not None and not np.allclose(algo.obs_rms.mean, 0)
 
 
-@pytest.mark.parametrize("fmt", ["torch", pytest.param("onnx", marks=pytest.mark.slow)])
-def test_export_to_other_backends(fmt: str) -> None:
-    if fmt == "onnx" and "onnx" not in relayrl.backends.available():
-        pytest.skip("relayrl-onnx is not installed")
-    algo = _trained(Discrete(3), {"normalize_obs": True, "export_backend": fmt}, updates=1)
+@pytest.mark.parametrize("fmt", ["torch", "onnx"])
+@pytest.mark.parametrize("space", [Discrete(3), MultiDiscrete((2, 3)), Box(low=-2.0, high=2.0, shape=(2,))])
+def test_export_to_other_backends(fmt: str, space: Any) -> None:
+    if fmt not in relayrl.backends.available():
+        pytest.skip(f"the {fmt} backend is not installed")
+    algo = _trained(space, {"normalize_obs": True, "normalize_reward": True, "export_backend": fmt}, updates=1)
     model = algo.export_model()
     assert model.backend == fmt
+    assert model.version == 1
     assert model.metadata.extra["algorithm"] == "ppo"
-    obs = np.random.default_rng(5).standard_normal((16, 3)).astype(np.float32)
+    model = ModelModule.from_bytes(model.to_bytes())
+    obs = np.random.default_rng(5).standard_normal((16, 3)).astype(np.float32) * 3
     with torch.no_grad():
-        logits, value = algo.torch_policy()(torch.as_tensor(obs))
+        out, value = algo.torch_policy()(torch.as_tensor(obs))
     got = model.policy().forward(obs)
-    np.testing.assert_allclose(got.logits, logits.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got.logits if got.mean is None else got.mean, out.numpy(), atol=1e-5)
     assert value is not None
-    np.testing.assert_allclose(got.value, value.numpy(), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got.value).reshape(-1), value.numpy(), atol=1e-4)
+    if isinstance(space, Box):
+        assert algo.log_std is not None
+        np.testing.assert_allclose(np.asarray(got.log_std).reshape(-1), algo.log_std.detach().numpy(), atol=1e-6)
 
 
 def _batch(seed: int, version: int) -> list[Trajectory]:

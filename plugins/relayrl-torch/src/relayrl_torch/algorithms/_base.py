@@ -452,6 +452,10 @@ class ActorCriticAlgorithm(Algorithm):
             value_layers = linear_layers(self.vf, scale=self._value_scale())
         log_std = None if self.log_std is None else self.log_std.detach().cpu().numpy()
         extra = {"algorithm": self.name, "updates": self._updates, "steps_trained": self._steps_trained}
+        if cfg.export_backend == "onnx":
+            from ._export import onnx_mlp
+
+            return onnx_mlp(self, linear_layers(self.pi), value_layers, norm, log_std, v, extra)
         if cfg.export_backend != "numpy":
             return self._export_other(cfg.export_backend, v, extra)
         return numpy_mlp(
