@@ -188,3 +188,30 @@ def test_missing_backend_names_the_distribution_to_install() -> None:
                          env={**os.environ, "RELAYRL_PLUGINS": ""})
     assert out.stdout.startswith("UnknownBackendError True")
     assert "relayrl-torch" in out.stdout
+
+
+@pytest.mark.parametrize(("setting", "start", "expected"), [(None, "2", "1"), ("2", "1", "2"), ("0", "2", "untouched")])
+def test_numpy_backend_limits_blas_threads(setting: str | None, start: str, expected: str) -> None:
+    code = (
+        "import threadpoolctl, relayrl\n"
+        "before = [i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']\n"
+        "relayrl.backends.get('numpy')\n"
+        "after = [i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']\n"
+        "print('untouched' if after == before else ','.join(map(str, sorted(set(after)))))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    env["OPENBLAS_NUM_THREADS"] = start  # a known starting point (this machine has 2 cores)
+    if setting is not None:
+        env["RELAYRL_BLAS_THREADS"] = setting
+    else:
+        env.pop("RELAYRL_BLAS_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == expected
+
+
+def test_bad_blas_thread_setting_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from relayrl._numpy_backend import limit_blas_threads
+
+    monkeypatch.setenv("RELAYRL_BLAS_THREADS", "many")
+    with pytest.raises(relayrl.ConfigError, match="RELAYRL_BLAS_THREADS"):
+        limit_blas_threads()
