@@ -38,6 +38,7 @@ import numpy.typing as npt
 import trio
 
 from ._actor import Actor, Layout, ModelCell, ModelHandle, TrajectoryStore, make_layout
+from ._backends import get as get_backend
 from ._errors import (
     AgentClosedError,
     ConfigError,
@@ -509,7 +510,8 @@ class Agent:
         else:
             # Loading and validating can take a while for big models: keep the event loop serving.
             policy = await trio.to_thread.run_sync(model.policy, device)
-        head = make_head(model.metadata)
+        # A backend may sample on its device (CuPy); otherwise the host heads do.
+        head = get_backend(model.backend).make_head(model.metadata, device) or make_head(model.metadata)
         return policy, head, make_layout(model, head)
 
     def _install(

@@ -10,7 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from ._model import ModelModule
+    from ._heads import Head
+    from ._model import ModelMetadata, ModelModule
 
 __all__ = ["HeadOutputs", "InferenceBackend", "Policy"]
 
@@ -96,6 +97,15 @@ class InferenceBackend(ABC):
                 metadata.
             BackendUnavailableError: the device (or a library for it) is not available.
         """
+
+    def make_head(self, metadata: ModelMetadata, device: str = "cpu") -> Head | None:
+        """A head that samples where this backend's outputs live, or None (the default).
+
+        Backends whose policies return device arrays (CuPy) override this to sample on the
+        device; the agent then uses that head instead of :func:`relayrl.make_head`. It must
+        draw its randomness from the ``rng`` passed to ``sample`` so seeds stay reproducible.
+        """
+        return None
 
     def devices(self) -> list[str]:
         """Devices this backend can use here (``["cpu"]`` unless overridden)."""
