@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 import numpy as np
 import numpy.typing as npt
 
@@ -31,7 +32,7 @@ from ._errors import ConfigError, ModelError
 from ._model import ModelModule, default_head
 from ._spaces import Box, Discrete, MultiDiscrete, Space, from_gymnasium
 
-__all__ = ["ACTIVATIONS", "NumpyBackend", "NumpyMLPPolicy", "mlp_policy", "numpy_mlp"]
+__all__ = ["ACTIVATIONS", "MLPWeights", "NumpyBackend", "NumpyMLPPolicy", "mlp_policy", "numpy_mlp", "read_npz_mlp"]
 
 Array = npt.NDArray[Any]
 Layer = tuple[Array, Array]
@@ -73,22 +74,98 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
-def _read_layers(arrays: dict[str, Array], prefix: str) -> list[Layer]:
+@attrs.frozen(kw_only=True)
+class MLPWeights:
+    """A checked ``.npz`` MLP on the host: ``(weight [out, in], bias [out])`` float32 layers."""
+
+    activation: str
+    pi: tuple[Layer, ...]
+    vf: tuple[Layer, ...]
+    log_std: Array | None
+    #: ``(mean [in], std [in], clip)`` or None.
+    obs_norm: tuple[Array, Array, float] | None
+
+    @property
+    def in_dim(self) -> int:
+        """Number of values in one (flattened) observation."""
+        return int(self.pi[0][0].shape[1])
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the policy output (logits or Gaussian mean)."""
+        return int(self.pi[-1][0].shape[0])
+
+
+def _layers(arrays: dict[str, Array], prefix: str) -> tuple[Layer, ...]:
     layers: list[Layer] = []
     while f"{prefix}.{len(layers)}.weight" in arrays:
         i = len(layers)
+        bias_key = f"{prefix}.{i}.bias"
+        if bias_key not in arrays:
+            raise ModelError(f".npz MLP is missing {bias_key!r}")
         w = np.asarray(arrays[f"{prefix}.{i}.weight"], dtype=np.float32)
-        key = f"{prefix}.{i}.bias"
-        if key not in arrays:
-            raise ModelError(f"numpy MLP is missing {key!r}")
-        b = np.asarray(arrays[key], dtype=np.float32)
+        b = np.asarray(arrays[bias_key], dtype=np.float32)
         if w.ndim != 2 or b.shape != (w.shape[0],):
-            raise ModelError(f"numpy MLP layer {prefix}.{i}: weight {w.shape} and bias {b.shape} do not fit")
+            raise ModelError(f".npz MLP layer {prefix}.{i}: weight {w.shape} and bias {b.shape} do not fit")
         if layers and layers[-1][0].shape[0] != w.shape[1]:
-            raise ModelError(f"numpy MLP layer {prefix}.{i} takes {w.shape[1]} inputs but the previous layer "
+            raise ModelError(f".npz MLP layer {prefix}.{i} takes {w.shape[1]} inputs but the previous layer "
                              f"gives {layers[-1][0].shape[0]}")
         layers.append((w, b))
-    return layers
+    return tuple(layers)
+
+
+def read_npz_mlp(module: ModelModule) -> MLPWeights:
+    """Read and check a module's ``.npz`` MLP against its metadata (shared by every backend of the format).
+
+    Raises:
+        ModelError: the file is not an ``.npz`` MLP, or it does not fit the metadata.
+    """
+    try:
+        with np.load(io.BytesIO(module.data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModelError(f"{module.metadata.model_file!r} is not an .npz MLP: {exc}") from exc
+    if "activation" not in arrays:
+        raise ModelError(".npz MLP has no 'activation' entry")
+    activation = str(arrays["activation"])
+    if activation not in ACTIVATIONS:
+        raise ModelError(f".npz MLP activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
+    pi, vf = _layers(arrays, "pi"), _layers(arrays, "vf")
+    if not pi:
+        raise ModelError(".npz MLP has no policy layers ('pi.0.weight')")
+    meta = module.metadata
+    in_dim = math.prod(meta.input.shape)
+    if pi[0][0].shape[1] != in_dim:
+        raise ModelError(f".npz MLP's first layer takes {pi[0][0].shape[1]} inputs but the metadata declares "
+                         f"observations of shape {meta.input.shape} ({in_dim} values)")
+    out_dim = meta.output.shape[0]
+    if pi[-1][0].shape[0] != out_dim:
+        raise ModelError(f".npz MLP's last layer gives {pi[-1][0].shape[0]} outputs but the metadata declares "
+                         f"{out_dim} ({meta.policy_head} head)")
+    if vf and (vf[0][0].shape[1] != in_dim or vf[-1][0].shape[0] != 1):
+        raise ModelError(".npz MLP's value network must take the observation and end in one unit")
+    if meta.value_output and not vf:
+        raise ModelError("metadata declares a value output but the .npz MLP has no 'vf' layers")
+    log_std = None
+    if meta.policy_head == "gaussian":
+        if "log_std" not in arrays:
+            raise ModelError("a Gaussian .npz MLP needs a 'log_std' array")
+        log_std = np.asarray(arrays["log_std"], dtype=np.float32).reshape(-1)
+        if log_std.shape != (out_dim,):
+            raise ModelError(f".npz MLP 'log_std' has {log_std.size} values, expected {out_dim}")
+    norm = None
+    if "obs_mean" in arrays:
+        if "obs_std" not in arrays:
+            raise ModelError(".npz MLP has 'obs_mean' but no 'obs_std'")
+        mean = np.asarray(arrays["obs_mean"], dtype=np.float32).reshape(-1)
+        std = np.asarray(arrays["obs_std"], dtype=np.float32).reshape(-1)
+        for name, a in (("obs_mean", mean), ("obs_std", std)):
+            if a.size not in (1, in_dim):
+                raise ModelError(f".npz MLP {name!r} has {a.size} values, expected 1 or {in_dim}")
+        clip = float(arrays["obs_clip"]) if "obs_clip" in arrays else math.inf
+        norm = (np.broadcast_to(mean, (in_dim,)).copy(), np.broadcast_to(std, (in_dim,)).copy(), clip)
+    return MLPWeights(activation=activation, pi=pi, vf=vf if meta.value_output else (), log_std=log_std,
+                      obs_norm=norm)
 
 
 class NumpyMLPPolicy(Policy):
@@ -179,43 +256,9 @@ class NumpyBackend(InferenceBackend):
             from ._errors import BackendUnavailableError
 
             raise BackendUnavailableError(f"the numpy backend runs on 'cpu' only, not {device!r}")
-        try:
-            with np.load(io.BytesIO(module.data), allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-            raise ModelError(f"{module.metadata.model_file!r} is not a numpy .npz model: {exc}") from exc
-        if "activation" not in arrays:
-            raise ModelError("numpy MLP has no 'activation' entry")
-        activation = str(arrays["activation"])
-        if activation not in ACTIVATIONS:
-            raise ModelError(f"numpy MLP activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
-        pi = _read_layers(arrays, "pi")
-        vf = _read_layers(arrays, "vf")
-        if not pi:
-            raise ModelError("numpy MLP has no policy layers ('pi.0.weight')")
-        meta = module.metadata
-        in_dim = int(np.prod(meta.input.shape, dtype=np.int64))
-        if pi[0][0].shape[1] != in_dim:
-            raise ModelError(f"numpy MLP's first layer takes {pi[0][0].shape[1]} inputs but the metadata "
-                             f"declares observations of shape {meta.input.shape} ({in_dim} values)")
-        if vf and (vf[0][0].shape[1] != in_dim or vf[-1][0].shape[0] != 1):
-            raise ModelError("numpy MLP's value network must take the observation and end in one unit")
-        if meta.value_output and not vf:
-            raise ModelError("metadata declares a value output but the numpy MLP has no 'vf' layers")
-        gaussian = meta.policy_head == "gaussian"
-        log_std = None
-        if gaussian:
-            if "log_std" not in arrays:
-                raise ModelError("a Gaussian numpy MLP needs a 'log_std' array")
-            log_std = np.asarray(arrays["log_std"], dtype=np.float32)
-        norm = None
-        if "obs_mean" in arrays:
-            norm = (
-                np.asarray(arrays["obs_mean"], dtype=np.float32).reshape(-1),
-                np.asarray(arrays["obs_std"], dtype=np.float32).reshape(-1),
-                float(arrays["obs_clip"]) if "obs_clip" in arrays else math.inf,
-            )
-        return NumpyMLPPolicy(pi, vf if meta.value_output else [], activation, gaussian, log_std, norm)
+        w = read_npz_mlp(module)
+        return NumpyMLPPolicy(w.pi, w.vf, w.activation, module.metadata.policy_head == "gaussian", w.log_std,
+                              w.obs_norm)
 
 
 def _obs_shape(obs: int | Sequence[int] | Any) -> tuple[int, ...]:
