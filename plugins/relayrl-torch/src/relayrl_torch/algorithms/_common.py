@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from relayrl import ConfigError
+from relayrl._numpy_backend import _orthogonal  # the same init as relayrl.mlp_policy
 from relayrl.spaces import Box, Discrete, MultiDiscrete, Space
 
 __all__ = [
@@ -38,14 +39,6 @@ TORCH_ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _MASKED = -1e9  # finite, so that 0 * log p stays 0 in the entropy of masked rows
-
-
-def _orthogonal(rng: np.random.Generator, out_dim: int, in_dim: int, gain: float) -> Array:
-    a = rng.standard_normal((max(out_dim, in_dim), min(out_dim, in_dim)))
-    q, r = np.linalg.qr(a)
-    q *= np.sign(np.diag(r))
-    w = q if out_dim >= in_dim else q.T
-    return (gain * w[:out_dim, :in_dim]).astype(np.float32)
 
 
 def mlp(rng: np.random.Generator, sizes: Sequence[int], activation: str, out_gain: float) -> nn.Sequential:
