@@ -215,3 +215,25 @@ def test_bad_blas_thread_setting_is_a_config_error(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("RELAYRL_BLAS_THREADS", "many")
     with pytest.raises(relayrl.ConfigError, match="RELAYRL_BLAS_THREADS"):
         limit_blas_threads()
+
+
+def test_npz_reader_matches_numpy_and_rejects_short_arrays() -> None:
+    import io
+    import zipfile
+
+    from relayrl._numpy_backend import _read_npz
+
+    buf = io.BytesIO()
+    np.savez(buf, a=np.arange(6, dtype=np.float32).reshape(2, 3), f=np.asfortranarray(np.ones((2, 2))),
+             s=np.asarray("tanh"), i=np.int64(7))
+    arrays = _read_npz(buf.getvalue())
+    assert arrays["a"].tolist() == [[0, 1, 2], [3, 4, 5]] and arrays["a"].dtype == np.float32
+    assert arrays["f"].shape == (2, 2) and str(arrays["s"]) == "tanh" and int(arrays["i"]) == 7
+    # an array whose data is shorter than its header says
+    out = io.BytesIO()
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            raw = src.read(name)
+            dst.writestr(name, raw[:-4] if name == "a.npy" else raw)
+    with pytest.raises(ValueError, match="data bytes"):
+        _read_npz(out.getvalue())
