@@ -7,6 +7,7 @@ to a model module, and checkpoints.
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import pickle
@@ -146,8 +147,9 @@ class ActorCriticAlgorithm(Algorithm):
         """Normalise critic inputs (the observation statistics by default)."""
         return self._normalise_obs(x, update=False)
 
+    @abc.abstractmethod
     def _optimise(self, batch: Batch, lr_frac: float) -> dict[str, float]:
-        raise NotImplementedError
+        """One update of the networks on ``batch`` (``lr_frac`` scales the learning rate); returns stats."""
 
     def _gae_lambda(self) -> float:
         return float(self._cfg.gae_lambda)
