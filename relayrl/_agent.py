@@ -1052,12 +1052,26 @@ class Agent:
 
     def _forward(self, handle: ModelHandle, obs: Array, mask: Array | None, deterministic: bool,
                  router: int | None) -> tuple[Array, Array, Array | None]:
-        span = self._tel.start_span(SPAN_INFER_POLICY, {
-            ATTR_BATCH_SIZE: obs.shape[0], ATTR_MODEL_VERSION: handle.version, ATTR_BACKEND: handle.backend,
-            ATTR_DEVICE: handle.device, **({ATTR_ROUTER: router} if router is not None else {}),
-        }) if self._tracing else None
+        span = self._start_infer_span(handle, obs, router)
         try:
             out = handle.policy.forward(obs, mask)
+        except BaseException as exc:
+            self._tel.end_span(span, exc)
+            raise
+        return self._sample(handle, out, obs, mask, deterministic, span)
+
+    def _start_infer_span(self, handle: ModelHandle, obs: Array, router: int | None) -> Any:
+        if not self._tracing:
+            return None
+        return self._tel.start_span(SPAN_INFER_POLICY, {
+            ATTR_BATCH_SIZE: obs.shape[0], ATTR_MODEL_VERSION: handle.version, ATTR_BACKEND: handle.backend,
+            ATTR_DEVICE: handle.device, **({ATTR_ROUTER: router} if router is not None else {}),
+        })
+
+    def _sample(self, handle: ModelHandle, out: Any, obs: Array, mask: Array | None, deterministic: bool,
+                span: Any) -> tuple[Array, Array, Array | None]:
+        """Sample from a forward's outputs (on the event loop: the agent's generator is used in call order)."""
+        try:
             act, logp = handle.head.sample(out, self._rng, mask, deterministic)
         except BaseException as exc:
             self._tel.end_span(span, exc)
@@ -1193,25 +1207,13 @@ class Agent:
     async def _forward_threaded(self, handle: ModelHandle, obs: Array, mask: Array | None,
                                 deterministic: bool) -> tuple[Array, Array, Array | None]:
         """Like :meth:`_forward`, with the policy's forward in the agent's worker thread."""
-        span = self._tel.start_span(SPAN_INFER_POLICY, {
-            ATTR_BATCH_SIZE: obs.shape[0], ATTR_MODEL_VERSION: handle.version, ATTR_BACKEND: handle.backend,
-            ATTR_DEVICE: handle.device}) if self._tracing else None
+        span = self._start_infer_span(handle, obs, None)
         try:
             out = await trio.to_thread.run_sync(handle.policy.forward, obs, mask, limiter=self._forward_limiter)
-            # Sampling stays on the event loop: the agent's generator is used in call order.
-            act, logp = handle.head.sample(out, self._rng, mask, deterministic)
         except BaseException as exc:
             self._tel.end_span(span, exc)
             raise
-        if span is not None:
-            self._tel.end_span(span, None, **{ATTR_ACTOR_COUNT: obs.shape[0]})
-        if self._metering:
-            self._tel.batch_size.record(obs.shape[0])
-        value = out.value
-        if value is not None and not isinstance(value, np.ndarray):
-            value = np.asarray(value.get() if hasattr(value, "get") else value)
-        self._n_batches += 1
-        return act, logp, value
+        return self._sample(handle, out, obs, mask, deterministic, span)
 
     def _serve_groups(
         self, groups: list[_Group], n: int, lay: Layout, o: Array, m: Array | None, deterministic: bool,
