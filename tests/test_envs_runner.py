@@ -312,7 +312,8 @@ async def test_a_failing_env_step_cuts_with_reward_zero_and_one_run_at_a_time() 
         busy = E.EnvRunner(E.make(CountEnv(10)), agent)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(busy.run)
-            await trio.lowlevel.checkpoint()
+            while busy.statistics().steps == 0:  # until the background run is really inside run()
+                await trio.lowlevel.checkpoint()
             with pytest.raises(trio.BusyResourceError):
                 await busy.run(5)
             nursery.cancel_scope.cancel()
