@@ -88,6 +88,8 @@ class Actor:
     store: TrajectoryStore | None = None
     slot: int = -1
     episode: int = 0
+    #: Label copied into every trajectory's ``env_id`` (vector-env slot, agent id), or None.
+    env_id: str | None = None
     #: Steps handed to the emitter task and not yet through every sink.
     pending_steps: int = 0
     removed: bool = False
@@ -239,6 +241,7 @@ class TrajectoryStore:
             mask=mask,
             actor_id=actor.id,
             episode=actor.episode,
+            env_id=actor.env_id,
             truncated=truncated,
             final_obs=None if final_obs is None else np.array(final_obs, dtype=self.layout.obs_dtype, copy=True),
             start_time=float(self.start[slot]),
@@ -294,7 +297,7 @@ class TrajectoryStore:
                 out.append((actor, Trajectory(
                     obs=obs[j], act=act[j], reward=reward[j], done=done[j], logp=logp[j], value=value[j],
                     model_version=version[j], mask=mask[j] if mask is not None and had[j] else None,
-                    actor_id=actor.id, episode=actor.episode, truncated=truncated,
+                    actor_id=actor.id, episode=actor.episode, env_id=actor.env_id, truncated=truncated,
                     final_obs=None if fo is None else fo[j], start_time=starts[j], end_time=now,
                     extras={name: col[j] for name, col in extras.items()},
                 )))

@@ -636,13 +636,16 @@ class Agent:
 
     # -- actors ------------------------------------------------------------------------------------
 
-    async def new_actor(self, *, model: ModelModule | None = None, device: str | None = None) -> uuid.UUID:
+    async def new_actor(self, *, model: ModelModule | None = None, device: str | None = None,
+                        env_id: str | None = None) -> uuid.UUID:
         """Create one actor and return its id (see :meth:`new_actors`)."""
-        (actor_id,) = await self.new_actors(1, model=model, device=device)
+        (actor_id,) = await self.new_actors(1, model=model, device=device,
+                                            env_ids=None if env_id is None else [env_id])
         return actor_id
 
     async def new_actors(
         self, n: int, *, model: ModelModule | None = None, device: str | None = None,
+        env_ids: Sequence[str] | None = None,
     ) -> list[uuid.UUID]:
         """Create ``n`` actors and return their ids.
 
@@ -652,15 +655,20 @@ class Agent:
                 device's shared model is used; giving a different model for a device that
                 already has one is an error (use :meth:`update_model`).
             device: Where their model runs (default: the agent's device).
+            env_ids: One label per actor (an environment slot, an agent id), copied into the
+                ``env_id`` of every trajectory the actor produces. Default: None.
 
         Raises:
-            ConfigError: ``n < 1``, or a conflicting model in shared mode.
+            ConfigError: ``n < 1``, ``env_ids`` not of length ``n``, or a conflicting model in shared mode.
             ModelError, BackendUnavailableError: the model cannot serve on ``device``.
             AgentClosedError: the agent is closed.
         """
         self._check_open()
         if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
             raise ConfigError(f"new_actors needs a count of at least 1, got {n!r}")
+        labels: list[str | None] = [None] * int(n) if env_ids is None else [str(e) for e in env_ids]
+        if len(labels) != n:
+            raise ConfigError(f"new_actors got {len(labels)} env_ids for {n} actors")
         dev = self._device if device is None else device
         if self._mode == "shared":
             cell = self._shared_cells.get(dev)
@@ -689,8 +697,9 @@ class Agent:
         ids = []
         now = time.time()
         emits: list[tuple[Actor, Trajectory]] = []
-        for cell in cells:
+        for cell, label in zip(cells, labels):
             actor = self._spawn(uuid.uuid4(), cell)
+            actor.env_id = label
             self._place(actor, now, emits)
             ids.append(actor.id)
         self._model_epoch += 1

@@ -805,3 +805,25 @@ async def test_a_group_raised_by_the_body_is_not_unwrapped_further() -> None:
         await body()
     assert info.value.message == "mine"
     assert isinstance(info.value.exceptions[0], ValueError)
+
+
+async def test_env_ids_label_every_trajectory_of_an_actor() -> None:
+    sink = relayrl.sinks.MemorySink()
+    model = relayrl.mlp_policy(4, relayrl.spaces.Discrete(2), seed=0)
+    async with relayrl.open_agent(model, seed=0, sinks=[sink], max_traj_length=2) as agent:
+        ids = await agent.new_actors(2, env_ids=["env-0", "env-1"])
+        solo = await agent.new_actor(env_id="solo")
+        plain = await agent.new_actor()
+        with pytest.raises(relayrl.ConfigError, match="2 env_ids for 3 actors"):
+            await agent.new_actors(3, env_ids=["a", "b"])
+        every = [*ids, solo, plain]
+        for _ in range(3):  # the max_traj_length cut keeps the label too
+            await agent.request_action(every, np.zeros(4, np.float32), reward=1.0)
+        renamed = uuid.uuid4()
+        await agent.set_actor_id(solo, renamed)
+        await agent.flag_last_action([*ids, renamed, plain], reward=1.0)
+        assert len(agent.actor_ids) == 4  # the bad call created nothing
+    labels: dict[uuid.UUID, set[str | None]] = {}
+    for t in sink.drain():
+        labels.setdefault(t.actor_id, set()).add(t.env_id)
+    assert labels == {ids[0]: {"env-0"}, ids[1]: {"env-1"}, solo: {"solo"}, renamed: {"solo"}, plain: {None}}

@@ -336,3 +336,16 @@ async def test_taxi_info_masks_are_respected_end_to_end() -> None:
     for t in trajs:
         assert t.mask is not None and not t.mask.all()
         assert t.mask[np.arange(len(t)), t.act].all()  # never a masked action
+
+
+async def test_trajectories_name_their_env_slot() -> None:
+    sink = MemorySink(10_000)
+    env = E.make("CartPole-v1", num_envs=3, seed=0)
+    model = relayrl.mlp_policy(env.observation_space.shape, env.action_space, hidden=(8,))
+    async with relayrl.open_agent(model, seed=0, sinks=[sink]) as agent:
+        runner = E.EnvRunner(env, agent)
+        await runner.run(300)
+        slot_of = runner.slot_of()
+    trajs = sink.drain()
+    assert trajs and {t.env_id for t in trajs} == {"0", "1", "2"}
+    assert all(t.env_id == slot_of[t.actor_id] for t in trajs)

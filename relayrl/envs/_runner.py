@@ -68,7 +68,8 @@ class EnvRunner:
     Args:
         env: The environments (see :func:`relayrl.envs.make`).
         agent: An open agent whose model fits ``env.observation_space`` / ``env.action_space``.
-        ids: Existing actor ids, one per slot (default: ``agent.new_actors(env.num_slots)`` at the first run).
+        ids: Existing actor ids, one per slot (default: ``agent.new_actors(env.num_slots, env_ids=slot labels)``
+            at the first run, so every trajectory's ``env_id`` names its slot).
         deterministic: Take the most likely actions (evaluation).
         seed: Seed of the first reset (default: the env's ``seed``).
         window: Episodes averaged by :attr:`RunnerStatistics.mean_return`.
@@ -183,7 +184,7 @@ class EnvRunner:
         agent = self.agent
         env = self.env
         if self._ids is None:
-            self._ids = await agent.new_actors(env.num_slots)
+            self._ids = await agent.new_actors(env.num_slots, env_ids=env.slot_labels)
         if self._cur is None:
             self._cur = env.reset(self._seed)
             self._reward[:] = 0.0
