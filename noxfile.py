@@ -35,7 +35,7 @@ PLUGIN_TESTS = {
 @nox.session(python=PY)
 def core(session: nox.Session) -> None:
     """Core only, no plugin installed: the built-ins work and a missing backend gives the actionable error."""
-    session.install(*C, "-e", ".[gym,arrow,otel]", *TEST_TOOLS)
+    session.install(*C, "-e", ".[gym,arrow,otel,pettingzoo]", *TEST_TOOLS)
     session.run("python", "-m", "pytest", "tests", *session.posargs, env={"RELAYRL_PLUGINS": ""})
 
 
@@ -43,7 +43,7 @@ def core(session: nox.Session) -> None:
 @nox.parametrize("backend", ["torch", "onnx", "cupy", "example"])
 def backend(session: nox.Session, backend: str) -> None:
     """One backend plugin installed on top of the core, running its conformance and parity tests."""
-    session.install(*C, "-e", ".[gym,arrow,otel]", *PLUGINS[backend], *TEST_TOOLS)
+    session.install(*C, "-e", ".[gym,arrow,otel,pettingzoo]", *PLUGINS[backend], *TEST_TOOLS)
     session.run("python", "-m", "pytest", PLUGIN_TESTS[backend], *session.posargs)
 
 

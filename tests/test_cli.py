@@ -105,11 +105,30 @@ def test_train_from_a_toml_config_with_the_multi_agent_env(tmp_path: Path, capsy
 ])
 def test_bad_input_exits_2_with_a_clear_message(argv: list[str], message: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    if message in ("unknown environment id 'NoSuchEnv-v0'", "no_such_module", "lr_typo"):
+        # Checked once the default algorithm (ppo, from relayrl-torch) is there; without it the
+        # error is that one, see test_missing_algorithm_plugin_is_named.
+        pytest.importorskip("relayrl_torch")
     if argv[0] == "train":
         argv = [*argv, "--run-dir", str(tmp_path / "run"), "--no-progress"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith(f"relayrl {argv[0]}: error:")
+
+
+def test_missing_algorithm_plugin_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from relayrl import algorithms
+
+    monkeypatch.setenv("RELAYRL_PLUGINS", "")  # hide every third-party plugin, as in a core-only install
+    algorithms.registry.clear_cache()
+    try:
+        assert main(["train", "CartPole-v1", "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    finally:
+        monkeypatch.delenv("RELAYRL_PLUGINS")
+        algorithms.registry.clear_cache()
+    err = capsys.readouterr().err
+    assert "no learning algorithm named 'ppo'" in err and "relayrl-torch" in err
 
 
 def test_bad_config_key_in_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
