@@ -18,43 +18,21 @@ Run: ``.venv/bin/python benchmarks/cupy_backend.py [--quick] [--batches 1,256]``
 
 from __future__ import annotations
 
-import os
+import argparse
+import functools
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")  # before numpy loads its BLAS
+import _common  # noqa: F401  (sets thread limits before numpy loads its BLAS)
+import numpy as np
+from _common import table
 
-import argparse  # noqa: E402
-import functools  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import relayrl  # noqa: E402
-from relayrl.spaces import Discrete  # noqa: E402
+import relayrl
+from relayrl.spaces import Discrete
 
 MODELS = {"tiny": (4, (64, 64), 2), "wide": (64, (256, 256), 18)}
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value >= 1000 else (f"{value:.3g}" if value < 10 else f"{value:.1f}")
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Print a Markdown table."""
-    cells = [list(header)] + [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    print(f"\n## {title}\n")
-    for k, row in enumerate(cells):
-        print("| " + " | ".join(c.rjust(w) if k else c.ljust(w) for c, w in zip(row, widths)) + " |")
-        if k == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
 def _forward_sample(head: Any, policy: Any, obs: Any, rng: np.random.Generator) -> Any:
